@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+#
+# ngx_im: the one entry point.
+#
+#   ./build.sh deps    install the Debian packages the project needs
+#   ./build.sh build   build build/ngx_stream_im_module.so and the tools
+#   ./build.sh run     deps + build, then redis-server and nginx on loopback
+#   ./build.sh test    deps + build + every test (unit, integration)
+#
+# Everything is written under build/; nothing outside the repo but apt.
+
+set -euo pipefail
+
+top=$(cd "$(dirname "$0")" && pwd)
+build=$top/build
+ngx_src=$build/nginx-src
+python=/usr/bin/python3
+
+packages=(
+    build-essential pkg-config
+    nginx libnginx-mod-stream nginx-dev
+    libpcre2-dev libssl-dev zlib1g-dev
+    libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
+    libhiredis-dev libsodium-dev libjansson-dev
+    redis-server
+    python3 python3-pytest python3-websockets python3-protobuf
+)
+
+
+log() {
+    printf '==> %s\n' "$*" >&2
+}
+
+
+deps() {
+    local missing=()
+    local p
+
+    for p in "${packages[@]}"; do
+        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null \
+             | grep -q 'ok installed'
+        then
+            missing+=("$p")
+        fi
+    done
+
+    if [ ${#missing[@]} -eq 0 ]; then
+        return
+    fi
+
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+
+# nginx's own source tree from nginx-dev, configured like Debian's nginx
+configure_nginx() {
+    local stamp=$ngx_src/objs/Makefile
+
+    if [ -f "$stamp" ] && [ "$stamp" -nt "$top/config" ] \
+       && [ "$stamp" -nt "$top/proto/im.proto" ] \
+       && [ "$stamp" -nt /usr/share/nginx/src/conf_flags ]
+    then
+        return
+    fi
+
+    log "configuring nginx $(nginx -v 2>&1 | sed 's,.*/,,') for the module"
+    rm -rf "$ngx_src"
+    mkdir -p "$build"
+    cp -a /usr/share/nginx/src "$ngx_src"
+
+    # shellcheck disable=SC1091
+    . "$ngx_src/conf_flags"
+
+    (cd "$ngx_src" && ./configure "${NGX_CONF_FLAGS[@]}" \
+        --with-stream=dynamic --with-stream_ssl_module \
+        --with-stream_realip_module --with-stream_ssl_preread_module \
+        --add-dynamic-module="$top" >"$build/configure.log" 2>&1) || {
+        tail -20 "$build/configure.log"
+        exit 1
+    }
+}
+
+
+build_module() {
+    configure_nginx
+    log "building ngx_stream_im_module.so"
+    make -s -C "$ngx_src" -f objs/Makefile -j"$(nproc)" \
+        objs/ngx_stream_im_module.so
+    cp "$ngx_src/objs/ngx_stream_im_module.so" "$build/"
+}
+
+
+# the pure parts (framing, handshake, codec, tokens) with their unit tests
+build_unit() {
+    local incs=(
+        -I"$ngx_src/src/core" -I"$ngx_src/src/event"
+        -I"$ngx_src/src/event/modules" -I"$ngx_src/src/os/unix"
+        -I"$ngx_src/src/stream" -I"$ngx_src/objs"
+        -I"$ngx_src/objs/addon/im_proto" -I"$top/ngx_im_module"
+        -I"$top/t/unit"
+    )
+    local m=$top/ngx_im_module
+    local pure=(
+        "$m/ngx_stream_im_handshake.c" "$m/ngx_stream_im_websocket.c"
+        "$m/ngx_stream_im_codec.c" "$m/ngx_stream_im_auth.c"
+        "$ngx_src/objs/addon/im_proto/im.pb-c.c"
+    )
+    local t
+
+    log "building unit tests"
+    mkdir -p "$build/unit"
+
+    for t in "$top"/t/unit/test_*.c; do
+        cc -g -O1 -Wall -Wextra -Wno-unused-parameter -Werror \
+            -fsanitize=address,undefined -fno-omit-frame-pointer \
+            "${incs[@]}" "$t" "${pure[@]}" \
+            -lprotobuf-c -lsodium -ljansson \
+            -o "$build/unit/$(basename "$t" .c)"
+    done
+}
+
+
+build_all() {
+    build_module
+    build_unit
+}
+
+
+run_unit() {
+    local t rc=0
+
+    for t in "$build"/unit/test_*; do
+        log "unit: $(basename "$t")"
+        (cd "$top/t/unit" && "$t") || rc=1
+    done
+
+    return $rc
+}
+
+
+run_integration() {
+    log "integration tests"
+    IM_MODULE="$build/ngx_stream_im_module.so" IM_BUILD="$build" \
+        "$python" -m pytest -q -p no:cacheprovider "$top/t/integration" "$@"
+}
+
+
+run_servers() {
+    local dir=$build/run
+    local port=${IM_PORT:-8080}
+    local rport=${IM_REDIS_PORT:-6379}
+
+    mkdir -p "$dir/logs"
+
+    sed -e "s,@DIR@,$dir,g" -e "s,@PORT@,$rport,g" \
+        "$top/t/conf/redis.conf" >"$dir/redis.conf"
+    sed -e "s,@MODULE@,$build/ngx_stream_im_module.so,g" \
+        -e "s,@PORT@,$port,g" -e "s,@REDIS@,127.0.0.1:$rport,g" \
+        -e "s,@DIR@,$dir,g" \
+        "$top/t/conf/nginx.conf" >"$dir/nginx.conf"
+
+    /usr/sbin/nginx -t -q -p "$dir" -c "$dir/nginx.conf"
+
+    redis-server "$dir/redis.conf" &
+    local redis_pid=$!
+    trap 'kill $redis_pid 2>/dev/null; wait $redis_pid 2>/dev/null' EXIT
+
+    cat <<EOF
+
+ngx_im is listening on ws://127.0.0.1:$port/ (subprotocol im.v1)
+redis-server on 127.0.0.1:$rport, data in $dir
+logs: $dir/logs/error.log
+
+Try it (a Ping gets a Pong):
+
+    $python $top/tools/imping.py ws://127.0.0.1:$port/
+
+Stop with Ctrl-C.
+
+EOF
+
+    /usr/sbin/nginx -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;'
+}
+
+
+cmd=${1:-}
+[ $# -gt 0 ] && shift
+
+case "$cmd" in
+    deps)
+        deps
+        ;;
+    build)
+        build_all
+        ;;
+    run)
+        deps
+        build_all
+        run_servers
+        ;;
+    test)
+        deps
+        build_all
+        rc=0
+        run_unit || rc=1
+        run_integration "$@" || rc=1
+        exit $rc
+        ;;
+    *)
+        sed -n '3,9s/^# \{0,1\}//p' "$0"
+        exit 2
+        ;;
+esac

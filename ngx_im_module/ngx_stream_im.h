@@ -1,0 +1,233 @@
+
+/*
+ * Copyright (C) ngx_im authors
+ */
+
+
+#ifndef _NGX_STREAM_IM_H_INCLUDED_
+#define _NGX_STREAM_IM_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_stream.h>
+
+#include "im.pb-c.h"
+
+
+#define NGX_STREAM_IM_ID_MAX           64
+#define NGX_STREAM_IM_HANDSHAKE_MAX    8192
+#define NGX_STREAM_IM_KEY_LEN          32
+
+/* WebSocket opcodes, RFC 6455 5.2 */
+#define NGX_STREAM_IM_WS_CONT          0x0
+#define NGX_STREAM_IM_WS_TEXT          0x1
+#define NGX_STREAM_IM_WS_BINARY        0x2
+#define NGX_STREAM_IM_WS_CLOSE         0x8
+#define NGX_STREAM_IM_WS_PING          0x9
+#define NGX_STREAM_IM_WS_PONG          0xa
+
+#define NGX_STREAM_IM_WS_CONTROL_MAX   125
+#define NGX_STREAM_IM_WS_HEADER_MAX    10
+
+/* WebSocket close codes, RFC 6455 7.4.1 */
+#define NGX_STREAM_IM_CLOSE_NORMAL     1000
+#define NGX_STREAM_IM_CLOSE_GOING_AWAY 1001
+#define NGX_STREAM_IM_CLOSE_PROTOCOL   1002
+#define NGX_STREAM_IM_CLOSE_DATA       1003
+#define NGX_STREAM_IM_CLOSE_INVALID    1007
+#define NGX_STREAM_IM_CLOSE_POLICY     1008
+#define NGX_STREAM_IM_CLOSE_TOO_BIG    1009
+#define NGX_STREAM_IM_CLOSE_INTERNAL   1011
+
+
+typedef struct {
+    ngx_array_t                    keys;       /* of u_char[KEY_LEN] */
+    ngx_array_t                   *origins;    /* of ngx_str_t */
+    ngx_addr_t                    *redis;
+    ngx_str_t                      redis_text;
+    ngx_msec_t                     auth_timeout;
+    ngx_msec_t                     ping_interval;
+    ngx_msec_t                     idle_timeout;
+    size_t                         max_frame;
+} ngx_stream_im_srv_conf_t;
+
+
+typedef struct {
+    size_t                         max_frame;  /* the largest of all servers */
+} ngx_stream_im_main_conf_t;
+
+
+/* the resumable frame parser state, a few bytes per session */
+
+typedef struct {
+    uint64_t                       left;       /* payload still to come */
+    size_t                         msg_len;    /* data message so far */
+    u_char                         mask[4];
+    u_char                         hdr[8];     /* extended length bytes */
+    unsigned                       state:4;
+    unsigned                       opcode:4;
+    unsigned                       fin:1;
+    unsigned                       fragmented:1;
+    unsigned                       first:1;
+    unsigned                       mask_pos:2;
+    unsigned                       hdr_need:4;
+    unsigned                       hdr_have:4;
+} ngx_stream_im_ws_parser_t;
+
+
+/* one chunk of payload, unmasked in place, or a protocol violation */
+
+typedef struct {
+    u_char                        *data;
+    size_t                         len;
+    uint64_t                       more;       /* bytes of this frame after */
+    ngx_uint_t                     opcode;
+    ngx_uint_t                     status;     /* close code on NGX_ERROR */
+    char                          *reason;
+    unsigned                       first:1;    /* message starts here */
+    unsigned                       last:1;     /* message ends here */
+} ngx_stream_im_ws_chunk_t;
+
+
+#define NGX_STREAM_IM_HS_HOST          0x01
+#define NGX_STREAM_IM_HS_UPGRADE       0x02
+#define NGX_STREAM_IM_HS_CONNECTION    0x04
+#define NGX_STREAM_IM_HS_VERSION       0x08
+
+
+typedef struct {
+    ngx_uint_t                     status;     /* HTTP status on error */
+    char                          *reason;
+    u_char                        *end;        /* first byte after headers */
+    ngx_str_t                      key;
+    ngx_str_t                      origin;
+    ngx_uint_t                     seen;       /* NGX_STREAM_IM_HS_* */
+    unsigned                       subprotocol:1;  /* client offers im.v1 */
+} ngx_stream_im_handshake_t;
+
+
+/* the verified claims of a token */
+
+typedef struct {
+    u_char                         user[NGX_STREAM_IM_ID_MAX];
+    size_t                         user_len;
+    time_t                         exp;
+} ngx_stream_im_claims_t;
+
+
+/* a bump allocator for decoding: reset after every frame */
+
+typedef struct {
+    u_char                        *start;
+    u_char                        *pos;
+    u_char                        *end;
+} ngx_stream_im_arena_t;
+
+
+/* a serialized server frame, shared by every session it is queued on */
+
+typedef struct {
+    ngx_uint_t                     refs;
+    size_t                         len;
+    u_char                         data[1];
+} ngx_stream_im_msg_t;
+
+
+typedef struct ngx_stream_im_out_s  ngx_stream_im_out_t;
+
+struct ngx_stream_im_out_s {
+    ngx_stream_im_out_t           *next;
+    ngx_stream_im_msg_t           *msg;
+};
+
+
+typedef struct {
+    ngx_stream_session_t          *session;
+    ngx_stream_im_ws_parser_t      parser;
+
+    u_char                        *handshake;  /* partial request */
+    size_t                         handshake_len;
+
+    u_char                        *message;    /* partial data message */
+    size_t                         message_len;
+    size_t                         message_size;
+
+    u_char                        *control;    /* partial control frame */
+    size_t                         control_len;
+
+    ngx_stream_im_out_t           *out;
+    ngx_stream_im_out_t          **out_last;
+    size_t                         out_pos;    /* sent of the first msg */
+
+    ngx_msec_t                     start;
+    ngx_msec_t                     last_in;
+    ngx_msec_t                     last_ping;
+
+    unsigned                       state:3;
+    unsigned                       authenticated:1;
+} ngx_stream_im_session_t;
+
+
+#define NGX_STREAM_IM_HANDSHAKE        0
+#define NGX_STREAM_IM_OPEN             1
+#define NGX_STREAM_IM_CLOSING          2   /* close sent, awaiting peer's */
+#define NGX_STREAM_IM_LAST_WRITE       3   /* close once output is sent */
+
+
+/* handshake: pure */
+ngx_int_t ngx_stream_im_handshake_parse(u_char *start, u_char *end,
+    ngx_stream_im_handshake_t *hs);
+ngx_int_t ngx_stream_im_handshake_origin_allowed(ngx_array_t *origins,
+    ngx_str_t *origin);
+ngx_int_t ngx_stream_im_handshake_error(ngx_uint_t status,
+    ngx_str_t *response);
+
+/* WebSocket framing: pure */
+ngx_int_t ngx_stream_im_ws_parse(ngx_stream_im_ws_parser_t *p, ngx_buf_t *b,
+    size_t max, ngx_stream_im_ws_chunk_t *ch);
+u_char *ngx_stream_im_ws_header(u_char *p, ngx_uint_t opcode, size_t len);
+ngx_int_t ngx_stream_im_ws_check_close(u_char *data, size_t len,
+    ngx_uint_t *status);
+ngx_int_t ngx_stream_im_utf8_valid(u_char *p, size_t len);
+
+/* codec: pure */
+void ngx_stream_im_arena_init(ngx_stream_im_arena_t *a, u_char *start,
+    size_t size);
+Im__Frame *ngx_stream_im_decode(ngx_stream_im_arena_t *a, u_char *data,
+    size_t len);
+size_t ngx_stream_im_encoded_size(Im__Frame *f);
+u_char *ngx_stream_im_encode(u_char *p, Im__Frame *f, size_t size);
+
+/* tokens and identities: pure */
+ngx_int_t ngx_stream_im_valid_id(u_char *p, size_t len);
+ngx_int_t ngx_stream_im_key_parse(u_char *data, size_t len, u_char *key);
+ngx_int_t ngx_stream_im_token_open(ngx_str_t *token, ngx_array_t *keys,
+    ngx_str_t *implicit, u_char *buf, ngx_str_t *payload, char **err);
+ngx_int_t ngx_stream_im_token_claims(ngx_str_t *payload, time_t now,
+    ngx_stream_im_claims_t *claims, char **err);
+
+/* session */
+ngx_int_t ngx_stream_im_session_init_worker(ngx_cycle_t *cycle);
+void ngx_stream_im_session_handler(ngx_stream_session_t *s);
+ngx_stream_im_msg_t *ngx_stream_im_msg_alloc(size_t len, ngx_log_t *log);
+void ngx_stream_im_msg_release(ngx_stream_im_msg_t *msg);
+ngx_int_t ngx_stream_im_queue(ngx_stream_im_session_t *ctx,
+    ngx_stream_im_msg_t *msg);
+ngx_int_t ngx_stream_im_send_frame(ngx_stream_im_session_t *ctx,
+    Im__Frame *f);
+ngx_int_t ngx_stream_im_send_error(ngx_stream_im_session_t *ctx,
+    uint32_t id, Im__Error__Code code, char *reason);
+void ngx_stream_im_close(ngx_stream_im_session_t *ctx, ngx_uint_t status,
+    char *reason);
+
+/* dispatch of decoded client frames */
+ngx_int_t ngx_stream_im_dispatch(ngx_stream_im_session_t *ctx, Im__Frame *f);
+
+ngx_stream_im_arena_t *ngx_stream_im_worker_arena(void);
+
+
+extern ngx_module_t  ngx_stream_im_module;
+
+
+#endif /* _NGX_STREAM_IM_H_INCLUDED_ */

@@ -1,0 +1,482 @@
+
+/*
+ * Copyright (C) ngx_im authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_stream.h>
+
+#include "ngx_stream_im.h"
+
+
+#define NGX_STREAM_IM_REDIS_PORT   6379
+
+
+static void *ngx_stream_im_create_main_conf(ngx_conf_t *cf);
+static void *ngx_stream_im_create_srv_conf(ngx_conf_t *cf);
+static char *ngx_stream_im_merge_srv_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static char *ngx_stream_im(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static char *ngx_stream_im_redis(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_stream_im_token_key(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_stream_im_origins(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static ngx_int_t ngx_stream_im_init_process(ngx_cycle_t *cycle);
+
+
+static ngx_conf_num_bounds_t  ngx_stream_im_max_frame_bounds = {
+    ngx_conf_check_num_bounds, 1024, 16 * 1024 * 1024
+};
+
+
+static ngx_command_t  ngx_stream_im_commands[] = {
+
+    { ngx_string("im"),
+      NGX_STREAM_SRV_CONF|NGX_CONF_NOARGS,
+      ngx_stream_im,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("im_redis"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_stream_im_redis,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("im_token_key"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_stream_im_token_key,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("im_auth_timeout"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_im_srv_conf_t, auth_timeout),
+      NULL },
+
+    { ngx_string("im_ping_interval"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_im_srv_conf_t, ping_interval),
+      NULL },
+
+    { ngx_string("im_idle_timeout"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_im_srv_conf_t, idle_timeout),
+      NULL },
+
+    { ngx_string("im_max_frame"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_im_srv_conf_t, max_frame),
+      &ngx_stream_im_max_frame_bounds },
+
+    { ngx_string("im_origins"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_1MORE,
+      ngx_stream_im_origins,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      0,
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_stream_module_t  ngx_stream_im_module_ctx = {
+    NULL,                                  /* preconfiguration */
+    NULL,                                  /* postconfiguration */
+
+    ngx_stream_im_create_main_conf,        /* create main configuration */
+    NULL,                                  /* init main configuration */
+
+    ngx_stream_im_create_srv_conf,         /* create server configuration */
+    ngx_stream_im_merge_srv_conf           /* merge server configuration */
+};
+
+
+ngx_module_t  ngx_stream_im_module = {
+    NGX_MODULE_V1,
+    &ngx_stream_im_module_ctx,             /* module context */
+    ngx_stream_im_commands,                /* module directives */
+    NGX_STREAM_MODULE,                     /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    ngx_stream_im_init_process,            /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    NULL,                                  /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+/*
+ * Worker-wide scratch: frames are decoded from it and nothing in it
+ * outlives one event handler, so idle sessions hold no buffers.
+ */
+static ngx_stream_im_arena_t  ngx_stream_im_arena;
+
+
+static void *
+ngx_stream_im_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_stream_im_main_conf_t  *imcf;
+
+    imcf = ngx_pcalloc(cf->pool, sizeof(ngx_stream_im_main_conf_t));
+    if (imcf == NULL) {
+        return NULL;
+    }
+
+    return imcf;
+}
+
+
+static void *
+ngx_stream_im_create_srv_conf(ngx_conf_t *cf)
+{
+    ngx_stream_im_srv_conf_t  *iscf;
+
+    iscf = ngx_pcalloc(cf->pool, sizeof(ngx_stream_im_srv_conf_t));
+    if (iscf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     iscf->keys = { 0 };
+     *     iscf->origins = NULL;
+     *     iscf->redis = NULL;
+     *     iscf->redis_text = { 0, NULL };
+     */
+
+    iscf->auth_timeout = NGX_CONF_UNSET_MSEC;
+    iscf->ping_interval = NGX_CONF_UNSET_MSEC;
+    iscf->idle_timeout = NGX_CONF_UNSET_MSEC;
+    iscf->max_frame = NGX_CONF_UNSET_SIZE;
+
+    return iscf;
+}
+
+
+static char *
+ngx_stream_im_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_stream_im_srv_conf_t *prev = parent;
+    ngx_stream_im_srv_conf_t *conf = child;
+
+    ngx_stream_im_main_conf_t  *imcf;
+
+    if (conf->keys.nelts == 0) {
+        conf->keys = prev->keys;
+    }
+
+    if (conf->origins == NULL) {
+        conf->origins = prev->origins;
+    }
+
+    if (conf->redis == NULL) {
+        conf->redis = prev->redis;
+        conf->redis_text = prev->redis_text;
+    }
+
+    ngx_conf_merge_msec_value(conf->auth_timeout, prev->auth_timeout, 10000);
+    ngx_conf_merge_msec_value(conf->ping_interval, prev->ping_interval,
+                              30000);
+    ngx_conf_merge_msec_value(conf->idle_timeout, prev->idle_timeout, 90000);
+    ngx_conf_merge_size_value(conf->max_frame, prev->max_frame, 65536);
+
+    if (conf->ping_interval == 0 || conf->auth_timeout == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"im_ping_interval\" and \"im_auth_timeout\" "
+                           "must not be zero");
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->idle_timeout <= conf->ping_interval) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"im_idle_timeout\" must be greater than "
+                           "\"im_ping_interval\"");
+        return NGX_CONF_ERROR;
+    }
+
+    imcf = ngx_stream_conf_get_module_main_conf(cf, ngx_stream_im_module);
+
+    if (conf->max_frame > imcf->max_frame) {
+        imcf->max_frame = conf->max_frame;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_stream_im(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_stream_core_srv_conf_t  *cscf;
+
+    cscf = ngx_stream_conf_get_module_srv_conf(cf, ngx_stream_core_module);
+
+    if (cscf->handler) {
+        return "is duplicate or conflicts with another content handler";
+    }
+
+    cscf->handler = ngx_stream_im_session_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_stream_im_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_stream_im_srv_conf_t *iscf = conf;
+
+    ngx_int_t   rc;
+    ngx_str_t  *value;
+    ngx_url_t   u;
+
+    if (iscf->redis) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    iscf->redis = ngx_pcalloc(cf->pool, sizeof(ngx_addr_t));
+    if (iscf->redis == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    iscf->redis_text = value[1];
+
+    if (ngx_strncmp(value[1].data, "unix:", 5) == 0) {
+        ngx_memzero(&u, sizeof(ngx_url_t));
+
+        u.url = value[1];
+
+        if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
+            if (u.err) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "%s in \"%V\"",
+                                   u.err, &value[1]);
+            }
+
+            return NGX_CONF_ERROR;
+        }
+
+        *iscf->redis = u.addrs[0];
+
+        return NGX_CONF_OK;
+    }
+
+    /* an IP literal only: a worker must never block on DNS */
+
+    rc = ngx_parse_addr_port(cf->pool, iscf->redis, value[1].data,
+                             value[1].len);
+
+    if (rc == NGX_ERROR) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (rc == NGX_DECLINED) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"im_redis\" needs an IP address with an "
+                           "optional port, or unix:/path, not \"%V\"",
+                           &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_inet_get_port(iscf->redis->sockaddr) == 0) {
+        ngx_inet_set_port(iscf->redis->sockaddr, NGX_STREAM_IM_REDIS_PORT);
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_stream_im_token_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_stream_im_srv_conf_t *iscf = conf;
+
+    u_char          *key;
+    ssize_t          n;
+    ngx_str_t       *value;
+    ngx_file_t       file;
+    ngx_file_info_t  fi;
+    u_char           buf[1024];
+
+    value = cf->args->elts;
+
+    if (ngx_conf_full_name(cf->cycle, &value[1], 1) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (iscf->keys.elts == NULL
+        && ngx_array_init(&iscf->keys, cf->pool, 2, NGX_STREAM_IM_KEY_LEN)
+           != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(&file, sizeof(ngx_file_t));
+    file.name = value[1];
+    file.log = cf->log;
+
+    file.fd = ngx_open_file(value[1].data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+
+    if (file.fd == NGX_INVALID_FILE) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           ngx_open_file_n " \"%V\" failed", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_fd_info(file.fd, &fi) == NGX_FILE_ERROR
+        || ngx_file_size(&fi) > (off_t) sizeof(buf))
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" is not a public key file", &value[1]);
+        goto failed;
+    }
+
+    n = ngx_read_file(&file, buf, sizeof(buf), 0);
+
+    if (n == NGX_ERROR) {
+        goto failed;
+    }
+
+    key = ngx_array_push(&iscf->keys);
+    if (key == NULL) {
+        goto failed;
+    }
+
+    if (ngx_stream_im_key_parse(buf, n, key) != NGX_OK) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" holds no Ed25519 public key "
+                           "(64 hex digits or k4.public.<base64url>)",
+                           &value[1]);
+        goto failed;
+    }
+
+    ngx_close_file(file.fd);
+
+    return NGX_CONF_OK;
+
+failed:
+
+    ngx_close_file(file.fd);
+
+    return NGX_CONF_ERROR;
+}
+
+
+static char *
+ngx_stream_im_origins(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_stream_im_srv_conf_t *iscf = conf;
+
+    u_char      *p, *host;
+    ngx_str_t   *value, *origin;
+    ngx_uint_t   i;
+
+    if (iscf->origins == NULL) {
+        iscf->origins = ngx_array_create(cf->pool, 2, sizeof(ngx_str_t));
+        if (iscf->origins == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    value = cf->args->elts;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        /* an origin is scheme://host[:port], RFC 6454, nothing more */
+
+        if (ngx_strncmp(value[i].data, "https://", 8) == 0) {
+            host = value[i].data + 8;
+
+        } else if (ngx_strncmp(value[i].data, "http://", 7) == 0) {
+            host = value[i].data + 7;
+
+        } else {
+            goto invalid;
+        }
+
+        if (host == value[i].data + value[i].len) {
+            goto invalid;
+        }
+
+        for (p = host; p < value[i].data + value[i].len; p++) {
+            if (*p == '/' || *p == '?' || *p == '#' || *p == '@') {
+                goto invalid;
+            }
+        }
+
+        origin = ngx_array_push(iscf->origins);
+        if (origin == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *origin = value[i];
+    }
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid origin \"%V\", expected "
+                       "http[s]://host[:port]", &value[i]);
+
+    return NGX_CONF_ERROR;
+}
+
+
+static ngx_int_t
+ngx_stream_im_init_process(ngx_cycle_t *cycle)
+{
+    size_t                      size;
+    u_char                     *p;
+    ngx_stream_im_main_conf_t  *imcf;
+
+    imcf = ngx_stream_cycle_get_module_main_conf(cycle, ngx_stream_im_module);
+
+    if (imcf == NULL || imcf->max_frame == 0) {
+        return NGX_OK;
+    }
+
+    /*
+     * protobuf-c copies every string and adds a struct per message,
+     * so a decoded frame can take a few times its wire size
+     */
+
+    size = 4 * imcf->max_frame + 65536;
+
+    p = ngx_alloc(size, cycle->log);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_stream_im_arena_init(&ngx_stream_im_arena, p, size);
+
+    return ngx_stream_im_session_init_worker(cycle);
+}
+
+
+ngx_stream_im_arena_t *
+ngx_stream_im_worker_arena(void)
+{
+    return &ngx_stream_im_arena;
+}

@@ -1,0 +1,1078 @@
+
+/*
+ * Copyright (C) ngx_im authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_stream.h>
+#include <ngx_sha1.h>
+
+#include "ngx_stream_im.h"
+
+
+/*
+ * A session's life: the HTTP upgrade, then WebSocket frames until one
+ * side closes.  Reads go to one worker-wide buffer; a session keeps only
+ * the part of a frame that has not arrived whole, and its output queue
+ * holds references to serialized frames that other sessions may share.
+ */
+
+
+#define NGX_STREAM_IM_RECV_SIZE        65536
+#define NGX_STREAM_IM_RECV_ROUNDS      8
+#define NGX_STREAM_IM_SEND_IOVS        64
+#define NGX_STREAM_IM_CLOSE_TIMEOUT    3000
+
+#define NGX_STREAM_IM_WS_GUID  "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+static void ngx_stream_im_read_handler(ngx_event_t *rev);
+static void ngx_stream_im_write_handler(ngx_event_t *wev);
+static void ngx_stream_im_timeout(ngx_stream_im_session_t *ctx);
+static void ngx_stream_im_set_timer(ngx_stream_im_session_t *ctx);
+static ngx_int_t ngx_stream_im_read_handshake(ngx_stream_im_session_t *ctx,
+    ngx_buf_t *b);
+static ngx_int_t ngx_stream_im_upgrade(ngx_stream_im_session_t *ctx,
+    ngx_stream_im_handshake_t *hs);
+static ngx_int_t ngx_stream_im_send_raw(ngx_stream_im_session_t *ctx,
+    u_char *data, size_t len);
+static ngx_int_t ngx_stream_im_read_frames(ngx_stream_im_session_t *ctx,
+    ngx_buf_t *b);
+static ngx_int_t ngx_stream_im_chunk(ngx_stream_im_session_t *ctx,
+    ngx_stream_im_ws_chunk_t *ch);
+static ngx_int_t ngx_stream_im_append(ngx_stream_im_session_t *ctx,
+    ngx_stream_im_ws_chunk_t *ch);
+static ngx_int_t ngx_stream_im_control(ngx_stream_im_session_t *ctx,
+    ngx_uint_t opcode, u_char *data, size_t len);
+static ngx_int_t ngx_stream_im_message(ngx_stream_im_session_t *ctx,
+    u_char *data, size_t len);
+static ngx_int_t ngx_stream_im_send_control(ngx_stream_im_session_t *ctx,
+    ngx_uint_t opcode, u_char *data, size_t len);
+static ngx_int_t ngx_stream_im_flush(ngx_stream_im_session_t *ctx);
+static void ngx_stream_im_free_partial(ngx_stream_im_session_t *ctx);
+static void ngx_stream_im_finalize(ngx_stream_im_session_t *ctx);
+static void ngx_stream_im_cleanup(void *data);
+
+
+static u_char               *ngx_stream_im_recv_buf;
+static ngx_stream_im_msg_t  *ngx_stream_im_ping_msg;
+
+
+ngx_int_t
+ngx_stream_im_session_init_worker(ngx_cycle_t *cycle)
+{
+    u_char  *p;
+
+    ngx_stream_im_recv_buf = ngx_alloc(NGX_STREAM_IM_RECV_SIZE, cycle->log);
+    if (ngx_stream_im_recv_buf == NULL) {
+        return NGX_ERROR;
+    }
+
+    /* every heartbeat ping is the same two bytes: share one copy */
+
+    ngx_stream_im_ping_msg = ngx_stream_im_msg_alloc(2, cycle->log);
+    if (ngx_stream_im_ping_msg == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_stream_im_ws_header(ngx_stream_im_ping_msg->data,
+                                NGX_STREAM_IM_WS_PING, 0);
+
+    ngx_stream_im_ping_msg->len = p - ngx_stream_im_ping_msg->data;
+    ngx_stream_im_ping_msg->refs = 1;
+
+    return NGX_OK;
+}
+
+
+void
+ngx_stream_im_session_handler(ngx_stream_session_t *s)
+{
+    ngx_connection_t          *c;
+    ngx_pool_cleanup_t        *cln;
+    ngx_stream_im_session_t   *ctx;
+    ngx_stream_im_srv_conf_t  *iscf;
+
+    c = s->connection;
+    c->log->action = "reading WebSocket handshake";
+
+    iscf = ngx_stream_get_module_srv_conf(s, ngx_stream_im_module);
+
+    ctx = ngx_pcalloc(c->pool, sizeof(ngx_stream_im_session_t));
+    if (ctx == NULL) {
+        ngx_stream_finalize_session(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    cln = ngx_pool_cleanup_add(c->pool, 0);
+    if (cln == NULL) {
+        ngx_stream_finalize_session(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    cln->handler = ngx_stream_im_cleanup;
+    cln->data = ctx;
+
+    ctx->session = s;
+    ctx->out_last = &ctx->out;
+    ctx->start = ngx_current_msec;
+    ctx->last_in = ctx->start;
+
+    ngx_stream_set_ctx(s, ctx, ngx_stream_im_module);
+
+    c->read->handler = ngx_stream_im_read_handler;
+    c->write->handler = ngx_stream_im_write_handler;
+
+    /* the handshake and then Auth must both come within im_auth_timeout */
+
+    ngx_add_timer(c->read, iscf->auth_timeout);
+
+    ngx_stream_im_read_handler(c->read);
+}
+
+
+static void
+ngx_stream_im_read_handler(ngx_event_t *rev)
+{
+    ssize_t                   n;
+    ngx_buf_t                 b;
+    ngx_int_t                 rc;
+    ngx_uint_t                i;
+    ngx_connection_t         *c;
+    ngx_stream_session_t     *s;
+    ngx_stream_im_session_t  *ctx;
+
+    c = rev->data;
+    s = c->data;
+    ctx = ngx_stream_get_module_ctx(s, ngx_stream_im_module);
+
+    if (rev->timedout) {
+        rev->timedout = 0;
+        ngx_stream_im_timeout(ctx);
+        return;
+    }
+
+    if (c->close && ctx->state == NGX_STREAM_IM_OPEN) {
+        c->log->action = "closing WebSocket";
+        ngx_log_error(NGX_LOG_INFO, c->log, 0, "worker is shutting down");
+        ngx_stream_im_close(ctx, NGX_STREAM_IM_CLOSE_GOING_AWAY,
+                            "server shutting down");
+        return;
+    }
+
+    ngx_memzero(&b, sizeof(ngx_buf_t));
+
+    for (i = 0; i < NGX_STREAM_IM_RECV_ROUNDS; i++) {
+
+        n = c->recv(c, ngx_stream_im_recv_buf, NGX_STREAM_IM_RECV_SIZE);
+
+        if (n == NGX_AGAIN) {
+            break;
+        }
+
+        if (n == NGX_ERROR || n == 0) {
+            ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                          "client closed connection");
+            ngx_stream_im_finalize(ctx);
+            return;
+        }
+
+        ctx->last_in = ngx_current_msec;
+
+        b.pos = ngx_stream_im_recv_buf;
+        b.last = b.pos + n;
+
+        switch (ctx->state) {
+
+        case NGX_STREAM_IM_HANDSHAKE:
+            rc = ngx_stream_im_read_handshake(ctx, &b);
+            break;
+
+        case NGX_STREAM_IM_LAST_WRITE:
+
+            /* the session is over; what the client still sends is moot */
+
+            rc = NGX_OK;
+            break;
+
+        default:
+            rc = ngx_stream_im_read_frames(ctx, &b);
+        }
+
+        if (rc == NGX_DONE) {
+            return;
+        }
+
+        if (rc == NGX_ERROR) {
+            ngx_stream_im_finalize(ctx);
+            return;
+        }
+    }
+
+    if (i == NGX_STREAM_IM_RECV_ROUNDS) {
+
+        /* a busy client must not starve the rest of the worker */
+
+        ngx_post_event(rev, &ngx_posted_events);
+        return;
+    }
+
+    if (ngx_handle_read_event(rev, 0) != NGX_OK) {
+        ngx_stream_im_finalize(ctx);
+    }
+}
+
+
+static void
+ngx_stream_im_timeout(ngx_stream_im_session_t *ctx)
+{
+    ngx_msec_t                 now;
+    ngx_connection_t          *c;
+    ngx_stream_im_srv_conf_t  *iscf;
+
+    c = ctx->session->connection;
+    iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
+
+    switch (ctx->state) {
+
+    case NGX_STREAM_IM_HANDSHAKE:
+        ngx_log_error(NGX_LOG_INFO, c->log, NGX_ETIMEDOUT,
+                      "client timed out in WebSocket handshake");
+        ngx_stream_im_finalize(ctx);
+        return;
+
+    case NGX_STREAM_IM_CLOSING:
+    case NGX_STREAM_IM_LAST_WRITE:
+        ngx_log_error(NGX_LOG_INFO, c->log, NGX_ETIMEDOUT,
+                      "client timed out in WebSocket close");
+        ngx_stream_im_finalize(ctx);
+        return;
+    }
+
+    now = ngx_current_msec;
+
+    if (!ctx->authenticated && now - ctx->start >= iscf->auth_timeout) {
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "client sent no Auth in time");
+        ngx_stream_im_close(ctx, NGX_STREAM_IM_CLOSE_POLICY,
+                            "authentication timeout");
+        return;
+    }
+
+    if (now - ctx->last_in >= iscf->idle_timeout) {
+        ngx_log_error(NGX_LOG_INFO, c->log, 0, "client is idle");
+        ngx_stream_im_close(ctx, NGX_STREAM_IM_CLOSE_GOING_AWAY,
+                            "idle timeout");
+        return;
+    }
+
+    if (now - ctx->last_in >= iscf->ping_interval
+        && now - ctx->last_ping >= iscf->ping_interval)
+    {
+        if (ngx_stream_im_queue(ctx, ngx_stream_im_ping_msg) != NGX_OK) {
+            ngx_stream_im_finalize(ctx);
+            return;
+        }
+
+        ctx->last_ping = now;
+    }
+
+    ngx_stream_im_set_timer(ctx);
+}
+
+
+/*
+ * One timer per open session, re-armed only when it fires: reads just
+ * note the time, so a busy session costs no timer operations.
+ */
+
+static void
+ngx_stream_im_set_timer(ngx_stream_im_session_t *ctx)
+{
+    ngx_msec_t                 now, at, next;
+    ngx_connection_t          *c;
+    ngx_stream_im_srv_conf_t  *iscf;
+
+    c = ctx->session->connection;
+    iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
+
+    now = ngx_current_msec;
+
+    at = ctx->last_in + iscf->idle_timeout;
+
+    next = ngx_max(ctx->last_in, ctx->last_ping) + iscf->ping_interval;
+    at = ngx_min(at, next);
+
+    if (!ctx->authenticated) {
+        at = ngx_min(at, ctx->start + iscf->auth_timeout);
+    }
+
+    next = ((ngx_msec_int_t) (at - now) > 0) ? at - now : 1;
+
+    c->read->cancelable = 1;
+    ngx_add_timer(c->read, next);
+}
+
+
+static ngx_int_t
+ngx_stream_im_read_handshake(ngx_stream_im_session_t *ctx, ngx_buf_t *b)
+{
+    u_char                    *start, *end;
+    size_t                     n;
+    ngx_int_t                  rc;
+    ngx_buf_t                  rest;
+    ngx_str_t                  response;
+    ngx_connection_t          *c;
+    ngx_stream_im_srv_conf_t  *iscf;
+    ngx_stream_im_handshake_t  hs;
+
+    c = ctx->session->connection;
+    iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
+
+    if (ctx->handshake) {
+        n = ngx_min((size_t) (b->last - b->pos),
+                    NGX_STREAM_IM_HANDSHAKE_MAX - ctx->handshake_len);
+
+        ngx_memcpy(ctx->handshake + ctx->handshake_len, b->pos, n);
+        ctx->handshake_len += n;
+        b->pos += n;
+
+        start = ctx->handshake;
+        end = start + ctx->handshake_len;
+
+    } else {
+        start = b->pos;
+        end = b->last;
+        b->pos = b->last;
+    }
+
+    rc = ngx_stream_im_handshake_parse(start, end, &hs);
+
+    if (rc == NGX_AGAIN) {
+        if (ctx->handshake == NULL) {
+
+            /* kept only until the request is whole */
+
+            ctx->handshake = ngx_alloc(NGX_STREAM_IM_HANDSHAKE_MAX, c->log);
+            if (ctx->handshake == NULL) {
+                return NGX_ERROR;
+            }
+
+            ngx_memcpy(ctx->handshake, start, end - start);
+            ctx->handshake_len = end - start;
+        }
+
+        return NGX_OK;
+    }
+
+    if (rc == NGX_OK
+        && ngx_stream_im_handshake_origin_allowed(iscf->origins, &hs.origin)
+           != NGX_OK)
+    {
+        rc = NGX_ERROR;
+        hs.status = 403;
+        hs.reason = "Origin not allowed";
+    }
+
+    if (rc == NGX_ERROR) {
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "client sent invalid WebSocket handshake: %s",
+                      hs.reason);
+
+        if (ngx_stream_im_handshake_error(hs.status, &response) != NGX_OK
+            || ngx_stream_im_send_raw(ctx, response.data, response.len)
+               != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        ngx_stream_im_free_partial(ctx);
+        ctx->state = NGX_STREAM_IM_LAST_WRITE;
+
+        return NGX_OK;
+    }
+
+    if (ngx_stream_im_upgrade(ctx, &hs) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    /* frames the client sent right behind its request */
+
+    if (ctx->handshake) {
+        ngx_memzero(&rest, sizeof(ngx_buf_t));
+        rest.pos = hs.end;
+        rest.last = end;
+
+        rc = ngx_stream_im_read_frames(ctx, &rest);
+
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        ngx_free(ctx->handshake);
+        ctx->handshake = NULL;
+
+        if (ctx->state == NGX_STREAM_IM_LAST_WRITE) {
+            return NGX_OK;
+        }
+
+        return ngx_stream_im_read_frames(ctx, b);
+    }
+
+    b->pos = hs.end;
+
+    return ngx_stream_im_read_frames(ctx, b);
+}
+
+
+static ngx_int_t
+ngx_stream_im_upgrade(ngx_stream_im_session_t *ctx,
+    ngx_stream_im_handshake_t *hs)
+{
+    u_char            *p;
+    ngx_str_t          src, dst;
+    ngx_sha1_t         sha1;
+    ngx_connection_t  *c;
+    u_char             digest[20];
+    u_char             response[sizeof("HTTP/1.1 101 Switching Protocols\r\n"
+                                       "Upgrade: websocket\r\n"
+                                       "Connection: Upgrade\r\n"
+                                       "Sec-WebSocket-Accept: \r\n"
+                                       "Sec-WebSocket-Protocol: im.v1\r\n"
+                                       "\r\n") + 28];
+
+    c = ctx->session->connection;
+
+    ngx_sha1_init(&sha1);
+    ngx_sha1_update(&sha1, hs->key.data, hs->key.len);
+    ngx_sha1_update(&sha1, NGX_STREAM_IM_WS_GUID,
+                    sizeof(NGX_STREAM_IM_WS_GUID) - 1);
+    ngx_sha1_final(digest, &sha1);
+
+    p = ngx_cpymem(response, "HTTP/1.1 101 Switching Protocols\r\n"
+                             "Upgrade: websocket\r\n"
+                             "Connection: Upgrade\r\n"
+                             "Sec-WebSocket-Accept: ",
+                   sizeof("HTTP/1.1 101 Switching Protocols\r\n"
+                          "Upgrade: websocket\r\n"
+                          "Connection: Upgrade\r\n"
+                          "Sec-WebSocket-Accept: ") - 1);
+
+    src.data = digest;
+    src.len = sizeof(digest);
+    dst.data = p;
+
+    ngx_encode_base64(&dst, &src);
+
+    p += dst.len;
+
+    if (hs->subprotocol) {
+        p = ngx_cpymem(p, "\r\nSec-WebSocket-Protocol: im.v1",
+                       sizeof("\r\nSec-WebSocket-Protocol: im.v1") - 1);
+    }
+
+    p = ngx_cpymem(p, "\r\n\r\n", 4);
+
+    if (ngx_stream_im_send_raw(ctx, response, p - response) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ctx->state = NGX_STREAM_IM_OPEN;
+
+    /* graceful shutdown reaches an idle session through c->close */
+    c->idle = 1;
+    c->log->action = "processing WebSocket frames";
+
+    ngx_stream_im_set_timer(ctx);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_stream_im_send_raw(ngx_stream_im_session_t *ctx, u_char *data,
+    size_t len)
+{
+    ngx_stream_im_msg_t  *msg;
+
+    msg = ngx_stream_im_msg_alloc(len, ctx->session->connection->log);
+    if (msg == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(msg->data, data, len);
+
+    return ngx_stream_im_queue(ctx, msg);
+}
+
+
+static ngx_int_t
+ngx_stream_im_read_frames(ngx_stream_im_session_t *ctx, ngx_buf_t *b)
+{
+    ngx_int_t                  rc;
+    ngx_connection_t          *c;
+    ngx_stream_im_srv_conf_t  *iscf;
+    ngx_stream_im_ws_chunk_t   ch;
+
+    c = ctx->session->connection;
+    iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
+
+    while (ctx->state == NGX_STREAM_IM_OPEN
+           || ctx->state == NGX_STREAM_IM_CLOSING)
+    {
+        rc = ngx_stream_im_ws_parse(&ctx->parser, b, iscf->max_frame, &ch);
+
+        if (rc == NGX_AGAIN) {
+            return NGX_OK;
+        }
+
+        if (rc == NGX_ERROR) {
+            ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                          "client sent invalid WebSocket frame: %s",
+                          ch.reason);
+
+            if (ctx->state == NGX_STREAM_IM_CLOSING) {
+                ngx_stream_im_finalize(ctx);
+                return NGX_DONE;
+            }
+
+            /* the rest of the read is part of the bad frame: drop it */
+
+            b->pos = b->last;
+
+            ngx_stream_im_close(ctx, ch.status, ch.reason);
+
+            return NGX_OK;
+        }
+
+        rc = ngx_stream_im_chunk(ctx, &ch);
+
+        if (rc != NGX_OK) {
+            return rc;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_stream_im_chunk(ngx_stream_im_session_t *ctx,
+    ngx_stream_im_ws_chunk_t *ch)
+{
+    ngx_int_t  rc;
+
+    if (ch->opcode != NGX_STREAM_IM_WS_BINARY) {
+
+        if (ch->first && ch->last) {
+            return ngx_stream_im_control(ctx, ch->opcode, ch->data, ch->len);
+        }
+
+        if (ch->first) {
+            ctx->control = ngx_alloc(NGX_STREAM_IM_WS_CONTROL_MAX,
+                                     ctx->session->connection->log);
+            if (ctx->control == NULL) {
+                return NGX_ERROR;
+            }
+
+            ctx->control_len = 0;
+        }
+
+        ngx_memcpy(ctx->control + ctx->control_len, ch->data, ch->len);
+        ctx->control_len += ch->len;
+
+        if (!ch->last) {
+            return NGX_OK;
+        }
+
+        rc = ngx_stream_im_control(ctx, ch->opcode, ctx->control,
+                                   ctx->control_len);
+
+        if (rc != NGX_DONE && ctx->control) {
+            ngx_free(ctx->control);
+            ctx->control = NULL;
+        }
+
+        return rc;
+    }
+
+    if (ctx->state != NGX_STREAM_IM_OPEN) {
+        return NGX_OK;
+    }
+
+    if (ch->first && ch->last) {
+
+        /* the common case: the whole message is in the read buffer */
+
+        return ngx_stream_im_message(ctx, ch->data, ch->len);
+    }
+
+    if (ngx_stream_im_append(ctx, ch) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (!ch->last) {
+        return NGX_OK;
+    }
+
+    rc = ngx_stream_im_message(ctx, ctx->message, ctx->message_len);
+
+    if (rc != NGX_DONE && ctx->message) {
+        ngx_free(ctx->message);
+        ctx->message = NULL;
+        ctx->message_len = 0;
+        ctx->message_size = 0;
+    }
+
+    return rc;
+}
+
+
+static ngx_int_t
+ngx_stream_im_append(ngx_stream_im_session_t *ctx,
+    ngx_stream_im_ws_chunk_t *ch)
+{
+    u_char                    *p;
+    size_t                     need, size;
+    ngx_stream_im_srv_conf_t  *iscf;
+
+    iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
+
+    /* the parser has checked that the message fits in im_max_frame */
+
+    need = ctx->message_len + ch->len + (size_t) ch->more;
+
+    if (need > ctx->message_size) {
+        size = ngx_max(need, ngx_min(2 * ctx->message_size, iscf->max_frame));
+
+        p = ngx_alloc(size, ctx->session->connection->log);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        if (ctx->message) {
+            ngx_memcpy(p, ctx->message, ctx->message_len);
+            ngx_free(ctx->message);
+        }
+
+        ctx->message = p;
+        ctx->message_size = size;
+    }
+
+    ngx_memcpy(ctx->message + ctx->message_len, ch->data, ch->len);
+    ctx->message_len += ch->len;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_stream_im_control(ngx_stream_im_session_t *ctx, ngx_uint_t opcode,
+    u_char *data, size_t len)
+{
+    u_char             code[2];
+    ngx_uint_t         status;
+    ngx_connection_t  *c;
+
+    c = ctx->session->connection;
+
+    switch (opcode) {
+
+    case NGX_STREAM_IM_WS_PING:
+
+        if (ctx->state != NGX_STREAM_IM_OPEN) {
+            return NGX_OK;
+        }
+
+        return ngx_stream_im_send_control(ctx, NGX_STREAM_IM_WS_PONG, data,
+                                          len);
+
+    case NGX_STREAM_IM_WS_PONG:
+        return NGX_OK;
+    }
+
+    /* close */
+
+    if (ngx_stream_im_ws_check_close(data, len, &status) != NGX_OK) {
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "client sent invalid close frame");
+
+        if (ctx->state == NGX_STREAM_IM_OPEN) {
+            ngx_stream_im_close(ctx, status, "invalid close frame");
+        }
+
+    } else if (ctx->state == NGX_STREAM_IM_OPEN) {
+        ngx_log_debug1(NGX_LOG_DEBUG_STREAM, c->log, 0,
+                       "im client close %ui", status);
+
+        code[0] = (u_char) (status >> 8);
+        code[1] = (u_char) status;
+
+        if (ngx_stream_im_send_control(ctx, NGX_STREAM_IM_WS_CLOSE, code, 2)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    /* both closes are sent: drop the connection once ours is out */
+
+    c->log->action = "closing WebSocket";
+
+    ngx_stream_im_free_partial(ctx);
+
+    if (ctx->out == NULL) {
+        ngx_stream_im_finalize(ctx);
+        return NGX_DONE;
+    }
+
+    ctx->state = NGX_STREAM_IM_LAST_WRITE;
+    c->read->cancelable = 0;
+    ngx_add_timer(c->read, NGX_STREAM_IM_CLOSE_TIMEOUT);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_stream_im_message(ngx_stream_im_session_t *ctx, u_char *data,
+    size_t len)
+{
+    Im__Frame  *f;
+
+    f = ngx_stream_im_decode(ngx_stream_im_worker_arena(), data, len);
+
+    if (f == NULL) {
+        ngx_log_error(NGX_LOG_INFO, ctx->session->connection->log, 0,
+                      "client sent a frame that is not an im.Frame");
+
+        return ngx_stream_im_send_error(ctx, 0, IM__ERROR__CODE__BAD_FRAME,
+                                        "not an im.Frame");
+    }
+
+    return ngx_stream_im_dispatch(ctx, f);
+}
+
+
+ngx_int_t
+ngx_stream_im_send_frame(ngx_stream_im_session_t *ctx, Im__Frame *f)
+{
+    size_t                n;
+    u_char               *p;
+    ngx_stream_im_msg_t  *msg;
+
+    n = ngx_stream_im_encoded_size(f);
+
+    msg = ngx_stream_im_msg_alloc(NGX_STREAM_IM_WS_HEADER_MAX + n,
+                                  ctx->session->connection->log);
+    if (msg == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_stream_im_encode(msg->data, f, n);
+    msg->len = p - msg->data;
+
+    return ngx_stream_im_queue(ctx, msg);
+}
+
+
+ngx_int_t
+ngx_stream_im_send_error(ngx_stream_im_session_t *ctx, uint32_t id,
+    Im__Error__Code code, char *reason)
+{
+    Im__Frame  f;
+    Im__Error  e;
+
+    im__frame__init(&f);
+    im__error__init(&e);
+
+    e.code = code;
+    e.reason = reason;
+
+    f.id = id;
+    f.body_case = IM__FRAME__BODY_ERROR;
+    f.error = &e;
+
+    return ngx_stream_im_send_frame(ctx, &f);
+}
+
+
+static ngx_int_t
+ngx_stream_im_send_control(ngx_stream_im_session_t *ctx, ngx_uint_t opcode,
+    u_char *data, size_t len)
+{
+    u_char               *p;
+    ngx_stream_im_msg_t  *msg;
+
+    msg = ngx_stream_im_msg_alloc(2 + len, ctx->session->connection->log);
+    if (msg == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_stream_im_ws_header(msg->data, opcode, len);
+    p = ngx_cpymem(p, data, len);
+    msg->len = p - msg->data;
+
+    return ngx_stream_im_queue(ctx, msg);
+}
+
+
+/*
+ * Starts the closing handshake: our close frame goes out, frames other
+ * than the peer's close are ignored, and the peer has a few seconds.
+ */
+
+void
+ngx_stream_im_close(ngx_stream_im_session_t *ctx, ngx_uint_t status,
+    char *reason)
+{
+    size_t             len;
+    u_char            *p;
+    ngx_connection_t  *c;
+    u_char             payload[NGX_STREAM_IM_WS_CONTROL_MAX];
+
+    c = ctx->session->connection;
+    c->log->action = "closing WebSocket";
+
+    len = ngx_min(ngx_strlen(reason), NGX_STREAM_IM_WS_CONTROL_MAX - 2);
+
+    payload[0] = (u_char) (status >> 8);
+    payload[1] = (u_char) status;
+    p = ngx_cpymem(payload + 2, reason, len);
+
+    ngx_stream_im_free_partial(ctx);
+    ngx_memzero(&ctx->parser, sizeof(ngx_stream_im_ws_parser_t));
+
+    ctx->state = NGX_STREAM_IM_CLOSING;
+
+    if (ngx_stream_im_send_control(ctx, NGX_STREAM_IM_WS_CLOSE, payload,
+                                   p - payload)
+        != NGX_OK)
+    {
+        /* no memory for a goodbye: the write handler will just close */
+        ctx->state = NGX_STREAM_IM_LAST_WRITE;
+        ngx_post_event(c->write, &ngx_posted_events);
+    }
+
+    c->read->cancelable = 0;
+    ngx_add_timer(c->read, NGX_STREAM_IM_CLOSE_TIMEOUT);
+}
+
+
+ngx_stream_im_msg_t *
+ngx_stream_im_msg_alloc(size_t len, ngx_log_t *log)
+{
+    ngx_stream_im_msg_t  *msg;
+
+    msg = ngx_alloc(offsetof(ngx_stream_im_msg_t, data) + len, log);
+    if (msg == NULL) {
+        return NULL;
+    }
+
+    msg->refs = 0;
+    msg->len = len;
+
+    return msg;
+}
+
+
+void
+ngx_stream_im_msg_release(ngx_stream_im_msg_t *msg)
+{
+    if (--msg->refs == 0) {
+        ngx_free(msg);
+    }
+}
+
+
+/* queues a reference; frames queued in one event loop turn go together */
+
+ngx_int_t
+ngx_stream_im_queue(ngx_stream_im_session_t *ctx, ngx_stream_im_msg_t *msg)
+{
+    ngx_connection_t     *c;
+    ngx_stream_im_out_t  *out;
+
+    c = ctx->session->connection;
+
+    out = ngx_alloc(sizeof(ngx_stream_im_out_t), c->log);
+    if (out == NULL) {
+        if (msg->refs == 0) {
+            ngx_free(msg);
+        }
+
+        return NGX_ERROR;
+    }
+
+    msg->refs++;
+
+    out->next = NULL;
+    out->msg = msg;
+
+    *ctx->out_last = out;
+    ctx->out_last = &out->next;
+
+    ngx_post_event(c->write, &ngx_posted_events);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_stream_im_write_handler(ngx_event_t *wev)
+{
+    ngx_connection_t         *c;
+    ngx_stream_session_t     *s;
+    ngx_stream_im_session_t  *ctx;
+
+    c = wev->data;
+    s = c->data;
+    ctx = ngx_stream_get_module_ctx(s, ngx_stream_im_module);
+
+    if (ngx_stream_im_flush(ctx) == NGX_ERROR) {
+        ngx_stream_im_finalize(ctx);
+        return;
+    }
+
+    if (ctx->out == NULL && ctx->state == NGX_STREAM_IM_LAST_WRITE) {
+        ngx_stream_im_finalize(ctx);
+    }
+}
+
+
+static ngx_int_t
+ngx_stream_im_flush(ngx_stream_im_session_t *ctx)
+{
+    off_t                 sent;
+    size_t                rest;
+    ngx_uint_t            n;
+    ngx_chain_t          *cl;
+    ngx_connection_t     *c;
+    ngx_stream_im_out_t  *out;
+    ngx_buf_t             bufs[NGX_STREAM_IM_SEND_IOVS];
+    ngx_chain_t           chain[NGX_STREAM_IM_SEND_IOVS];
+
+    c = ctx->session->connection;
+
+    while (ctx->out) {
+
+        if (!c->write->ready) {
+            break;
+        }
+
+        n = 0;
+
+        for (out = ctx->out; out && n < NGX_STREAM_IM_SEND_IOVS;
+             out = out->next)
+        {
+            ngx_memzero(&bufs[n], sizeof(ngx_buf_t));
+            bufs[n].memory = 1;
+            bufs[n].pos = out->msg->data + (n == 0 ? ctx->out_pos : 0);
+            bufs[n].last = out->msg->data + out->msg->len;
+
+            chain[n].buf = &bufs[n];
+            chain[n].next = NULL;
+
+            if (n) {
+                chain[n - 1].next = &chain[n];
+            }
+
+            n++;
+        }
+
+        sent = c->sent;
+
+        cl = c->send_chain(c, chain, 0);
+
+        if (cl == NGX_CHAIN_ERROR) {
+            c->error = 1;
+            return NGX_ERROR;
+        }
+
+        sent = c->sent - sent;
+
+        while (ctx->out) {
+            out = ctx->out;
+            rest = out->msg->len - ctx->out_pos;
+
+            if ((off_t) rest > sent) {
+                ctx->out_pos += (size_t) sent;
+                break;
+            }
+
+            sent -= rest;
+            ctx->out_pos = 0;
+            ctx->out = out->next;
+
+            ngx_stream_im_msg_release(out->msg);
+            ngx_free(out);
+        }
+
+        if (cl) {
+            break;
+        }
+    }
+
+    if (ctx->out == NULL) {
+        ctx->out_last = &ctx->out;
+        return NGX_OK;
+    }
+
+    if (ngx_handle_write_event(c->write, 0) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return NGX_AGAIN;
+}
+
+
+static void
+ngx_stream_im_free_partial(ngx_stream_im_session_t *ctx)
+{
+    if (ctx->handshake) {
+        ngx_free(ctx->handshake);
+        ctx->handshake = NULL;
+    }
+
+    if (ctx->message) {
+        ngx_free(ctx->message);
+        ctx->message = NULL;
+        ctx->message_len = 0;
+        ctx->message_size = 0;
+    }
+
+    if (ctx->control) {
+        ngx_free(ctx->control);
+        ctx->control = NULL;
+    }
+}
+
+
+static void
+ngx_stream_im_finalize(ngx_stream_im_session_t *ctx)
+{
+    ngx_stream_finalize_session(ctx->session, NGX_STREAM_OK);
+}
+
+
+/* runs however the session ends: the pool goes, so do the heap parts */
+
+static void
+ngx_stream_im_cleanup(void *data)
+{
+    ngx_stream_im_session_t *ctx = data;
+
+    ngx_stream_im_out_t  *out;
+
+    ngx_stream_im_free_partial(ctx);
+
+    while (ctx->out) {
+        out = ctx->out;
+        ctx->out = out->next;
+
+        ngx_stream_im_msg_release(out->msg);
+        ngx_free(out);
+    }
+}
