@@ -77,6 +77,8 @@ configure_nginx() {
     (cd "$ngx_src" && ./configure "${NGX_CONF_FLAGS[@]}" \
         --with-stream=dynamic --with-stream_ssl_module \
         --with-stream_realip_module --with-stream_ssl_preread_module \
+        --with-cc-opt="-g -O2 -fstack-protector-strong -D_FORTIFY_SOURCE=2" \
+        --with-ld-opt="-Wl,-z,relro -Wl,-z,now" \
         --add-dynamic-module="$top" >"$build/configure.log" 2>&1) || {
         tail -20 "$build/configure.log"
         exit 1
@@ -123,8 +125,25 @@ build_unit() {
 }
 
 
+# the command-line tools, sharing the module's pure token code
+build_tools() {
+    local incs=(
+        -I"$ngx_src/src/core" -I"$ngx_src/src/event"
+        -I"$ngx_src/src/event/modules" -I"$ngx_src/src/os/unix"
+        -I"$ngx_src/src/stream" -I"$ngx_src/objs"
+        -I"$ngx_src/objs/addon/im_proto" -I"$top/ngx_im_module"
+    )
+
+    log "building tools"
+    cc -g -O2 -Wall -Wextra -Wno-unused-parameter -Werror "${incs[@]}" \
+        "$top/tools/im_token.c" "$top/ngx_im_module/ngx_stream_im_auth.c" \
+        -lsodium -ljansson -o "$build/im-token"
+}
+
+
 build_all() {
     build_module
+    build_tools
     build_unit
 }
 

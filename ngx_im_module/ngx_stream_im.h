@@ -12,10 +12,14 @@
 #include <ngx_core.h>
 #include <ngx_stream.h>
 
+#include <hiredis/hiredis.h>
+
 #include "im.pb-c.h"
 
 
 #define NGX_STREAM_IM_ID_MAX           64
+#define NGX_STREAM_IM_KEY_MAX          (NGX_STREAM_IM_ID_MAX * 2 + 32)
+#define NGX_STREAM_IM_SID_MAX          (NGX_MAXHOSTNAMELEN + 2 * NGX_INT64_LEN)
 #define NGX_STREAM_IM_HANDSHAKE_MAX    8192
 #define NGX_STREAM_IM_KEY_LEN          32
 
@@ -44,17 +48,20 @@
 typedef struct {
     ngx_array_t                    keys;       /* of u_char[KEY_LEN] */
     ngx_array_t                   *origins;    /* of ngx_str_t */
-    ngx_addr_t                    *redis;
-    ngx_str_t                      redis_text;
     ngx_msec_t                     auth_timeout;
     ngx_msec_t                     ping_interval;
     ngx_msec_t                     idle_timeout;
     size_t                         max_frame;
+    size_t                         send_queue;
+    ngx_uint_t                     inbox_max;
+    ngx_flag_t                     enabled;
 } ngx_stream_im_srv_conf_t;
 
 
 typedef struct {
+    ngx_addr_t                    *redis;      /* one per worker, shared */
     size_t                         max_frame;  /* the largest of all servers */
+    ngx_flag_t                     enabled;
 } ngx_stream_im_main_conf_t;
 
 
@@ -134,6 +141,24 @@ typedef struct {
 } ngx_stream_im_msg_t;
 
 
+/* how an asynchronous reply finds its session, if it still exists */
+
+typedef struct {
+    ngx_uint_t                     slot;       /* in ngx_cycle->connections */
+    ngx_atomic_uint_t              number;     /* c->number, 0: no session */
+    uint32_t                       id;         /* the client's request id */
+    uint32_t                       arg;
+} ngx_stream_im_ref_t;
+
+
+/* an inbox position: a Redis stream id */
+
+typedef struct {
+    uint64_t                       ms;
+    uint64_t                       seq;
+} ngx_stream_im_msg_id_t;
+
+
 typedef struct ngx_stream_im_out_s  ngx_stream_im_out_t;
 
 struct ngx_stream_im_out_s {
@@ -159,13 +184,25 @@ typedef struct {
     ngx_stream_im_out_t           *out;
     ngx_stream_im_out_t          **out_last;
     size_t                         out_pos;    /* sent of the first msg */
+    size_t                         out_bytes;
 
     ngx_msec_t                     start;
     ngx_msec_t                     last_in;
     ngx_msec_t                     last_ping;
 
+    ngx_str_t                      user;
+    ngx_str_t                      device;
+    void                          *owner;      /* the worker's user entry */
+    ngx_queue_t                    queue;      /* sessions of that user */
+    ngx_stream_im_msg_id_t         last;       /* newest entry sent */
+
     unsigned                       state:3;
     unsigned                       authenticated:1;
+    unsigned                       logging_in:1;
+    unsigned                       replaying:1;
+    unsigned                       replay_again:1;
+    unsigned                       replay_paused:1;
+    unsigned                       overflow:1;
 } ngx_stream_im_session_t;
 
 
@@ -196,8 +233,15 @@ void ngx_stream_im_arena_init(ngx_stream_im_arena_t *a, u_char *start,
     size_t size);
 Im__Frame *ngx_stream_im_decode(ngx_stream_im_arena_t *a, u_char *data,
     size_t len);
+void *ngx_stream_im_arena_alloc(void *data, size_t size);
 size_t ngx_stream_im_encoded_size(Im__Frame *f);
 u_char *ngx_stream_im_encode(u_char *p, Im__Frame *f, size_t size);
+size_t ngx_stream_im_message_size(uint32_t id, ngx_str_t *msg_id,
+    uint64_t ts, ngx_str_t *partial);
+u_char *ngx_stream_im_message_write(u_char *p, uint32_t id, ngx_str_t *msg_id,
+    uint64_t ts, ngx_str_t *partial);
+ngx_int_t ngx_stream_im_msg_id_parse(u_char *p, size_t len,
+    ngx_stream_im_msg_id_t *id);
 
 /* tokens and identities: pure */
 ngx_int_t ngx_stream_im_valid_id(u_char *p, size_t len);
@@ -220,6 +264,42 @@ ngx_int_t ngx_stream_im_send_error(ngx_stream_im_session_t *ctx,
     uint32_t id, Im__Error__Code code, char *reason);
 void ngx_stream_im_close(ngx_stream_im_session_t *ctx, ngx_uint_t status,
     char *reason);
+
+ngx_stream_im_session_t *ngx_stream_im_session_lookup(
+    ngx_stream_im_ref_t *ref);
+void ngx_stream_im_session_ref(ngx_stream_im_session_t *ctx,
+    ngx_stream_im_ref_t *ref, uint32_t id);
+
+/* Redis adapter */
+typedef void (*ngx_stream_im_redis_handler_pt)(ngx_stream_im_session_t *ctx,
+    ngx_stream_im_ref_t *ref, redisReply *r);
+
+ngx_int_t ngx_stream_im_redis_init_worker(ngx_cycle_t *cycle,
+    ngx_addr_t *addr);
+ngx_int_t ngx_stream_im_redis_up(void);
+ngx_str_t *ngx_stream_im_redis_channel(void);
+ngx_int_t ngx_stream_im_redis_command(ngx_uint_t argc, ngx_str_t *argv,
+    ngx_stream_im_redis_handler_pt handler, ngx_stream_im_ref_t *ref);
+ngx_int_t ngx_stream_im_redis_send_message(ngx_uint_t nkeys, ngx_str_t *keys,
+    ngx_uint_t nargs, ngx_str_t *args, ngx_stream_im_redis_handler_pt handler,
+    ngx_stream_im_ref_t *ref);
+
+/* routing: the worker's users, routes in Redis, delivery and replay */
+ngx_int_t ngx_stream_im_router_init_worker(ngx_cycle_t *cycle);
+ngx_int_t ngx_stream_im_router_login(ngx_stream_im_session_t *ctx,
+    uint32_t id);
+void ngx_stream_im_router_logout(ngx_stream_im_session_t *ctx);
+void ngx_stream_im_router_deliver(ngx_str_t *payload);
+void ngx_stream_im_router_replay(ngx_stream_im_session_t *ctx);
+void ngx_stream_im_router_redis_up(void);
+ngx_int_t ngx_stream_im_router_entry(redisReply *e, ngx_str_t *id,
+    ngx_stream_im_msg_id_t *mid, ngx_str_t *partial);
+ngx_stream_im_msg_t *ngx_stream_im_router_message(uint32_t id,
+    ngx_str_t *msg_id, ngx_stream_im_msg_id_t *mid, ngx_str_t *partial);
+ngx_str_t *ngx_stream_im_router_session_id(ngx_stream_im_session_t *ctx,
+    u_char *buf);
+u_char *ngx_stream_im_router_key(u_char *p, char *kind, ngx_str_t *id,
+    char *suffix);
 
 /* dispatch of decoded client frames */
 ngx_int_t ngx_stream_im_dispatch(ngx_stream_im_session_t *ctx, Im__Frame *f);

@@ -86,7 +86,7 @@ ngx_stream_im_key_parse(u_char *data, size_t len, u_char *key)
 
     /* idempotent; the key is parsed before any token is verified */
 
-    if (sodium_init() == -1) {
+    if (len == 0 || sodium_init() == -1) {
         return NGX_DECLINED;
     }
 
@@ -154,6 +154,13 @@ ngx_stream_im_token_open(ngx_str_t *token, ngx_array_t *keys,
         return NGX_DECLINED;
     }
 
+    ilen = (implicit == NULL) ? 0 : implicit->len;
+
+    if (ilen > NGX_STREAM_IM_IMPLICIT_MAX) {
+        *err = "implicit assertion too long";
+        return NGX_DECLINED;
+    }
+
     n = sizeof(NGX_STREAM_IM_V4_PUBLIC) - 1;
 
     if (token->len < n
@@ -207,13 +214,6 @@ ngx_stream_im_token_open(ngx_str_t *token, ngx_array_t *keys,
         != 0)
     {
         *err = "bad base64 in footer";
-        return NGX_DECLINED;
-    }
-
-    ilen = (implicit == NULL) ? 0 : implicit->len;
-
-    if (ilen > NGX_STREAM_IM_IMPLICIT_MAX) {
-        *err = "implicit assertion too long";
         return NGX_DECLINED;
     }
 

@@ -19,8 +19,11 @@
  */
 
 
-static void *ngx_stream_im_arena_alloc(void *data, size_t size);
 static void ngx_stream_im_arena_free(void *data, void *p);
+static size_t ngx_stream_im_varint_size(uint64_t v);
+static u_char *ngx_stream_im_varint(u_char *p, uint64_t v);
+static size_t ngx_stream_im_message_inner(ngx_str_t *msg_id, uint64_t ts,
+    ngx_str_t *partial);
 
 
 void
@@ -47,7 +50,7 @@ ngx_stream_im_decode(ngx_stream_im_arena_t *a, u_char *data, size_t len)
 }
 
 
-static void *
+void *
 ngx_stream_im_arena_alloc(void *data, size_t size)
 {
     ngx_stream_im_arena_t *a = data;
@@ -86,4 +89,149 @@ ngx_stream_im_encode(u_char *p, Im__Frame *f, size_t size)
     p = ngx_stream_im_ws_header(p, NGX_STREAM_IM_WS_BINARY, size);
 
     return p + im__frame__pack(f, p);
+}
+
+
+/*
+ * A stored inbox entry is a packed im.Message without msg_id and ts_ms;
+ * protobuf fields may come in any order, so a delivered Message is the
+ * two fields written in front of the stored bytes, with no re-encoding.
+ */
+
+size_t
+ngx_stream_im_message_size(uint32_t id, ngx_str_t *msg_id, uint64_t ts,
+    ngx_str_t *partial)
+{
+    size_t  inner, n;
+
+    inner = ngx_stream_im_message_inner(msg_id, ts, partial);
+
+    n = 1 + ngx_stream_im_varint_size(inner) + inner;
+
+    if (id) {
+        n += 1 + ngx_stream_im_varint_size(id);
+    }
+
+    return n;
+}
+
+
+u_char *
+ngx_stream_im_message_write(u_char *p, uint32_t id, ngx_str_t *msg_id,
+    uint64_t ts, ngx_str_t *partial)
+{
+    p = ngx_stream_im_ws_header(p, NGX_STREAM_IM_WS_BINARY,
+                                ngx_stream_im_message_size(id, msg_id, ts,
+                                                           partial));
+
+    if (id) {
+        *p++ = (1 << 3) | PROTOBUF_C_WIRE_TYPE_VARINT;
+        p = ngx_stream_im_varint(p, id);
+    }
+
+    *p++ = (IM__FRAME__BODY_MESSAGE << 3) | PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED;
+    p = ngx_stream_im_varint(p, ngx_stream_im_message_inner(msg_id, ts,
+                                                            partial));
+
+    *p++ = (1 << 3) | PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED;
+    p = ngx_stream_im_varint(p, msg_id->len);
+    p = ngx_cpymem(p, msg_id->data, msg_id->len);
+
+    if (ts) {
+        *p++ = (6 << 3) | PROTOBUF_C_WIRE_TYPE_VARINT;
+        p = ngx_stream_im_varint(p, ts);
+    }
+
+    return ngx_cpymem(p, partial->data, partial->len);
+}
+
+
+static size_t
+ngx_stream_im_message_inner(ngx_str_t *msg_id, uint64_t ts,
+    ngx_str_t *partial)
+{
+    size_t  n;
+
+    n = 1 + ngx_stream_im_varint_size(msg_id->len) + msg_id->len
+        + partial->len;
+
+    if (ts) {
+        n += 1 + ngx_stream_im_varint_size(ts);
+    }
+
+    return n;
+}
+
+
+static size_t
+ngx_stream_im_varint_size(uint64_t v)
+{
+    size_t  n;
+
+    for (n = 1; v >= 0x80; n++) {
+        v >>= 7;
+    }
+
+    return n;
+}
+
+
+static u_char *
+ngx_stream_im_varint(u_char *p, uint64_t v)
+{
+    while (v >= 0x80) {
+        *p++ = (u_char) (v | 0x80);
+        v >>= 7;
+    }
+
+    *p++ = (u_char) v;
+
+    return p;
+}
+
+
+/* a Redis stream id, "<ms>-<seq>", both decimal without sign */
+
+ngx_int_t
+ngx_stream_im_msg_id_parse(u_char *p, size_t len, ngx_stream_im_msg_id_t *id)
+{
+    u_char    *end;
+    uint64_t  *v, d;
+
+    end = p + len;
+    v = &id->ms;
+
+    id->ms = 0;
+    id->seq = 0;
+
+    if (len == 0 || len > 41) {
+        return NGX_ERROR;
+    }
+
+    for ( ;; ) {
+        if (p == end || *p < '0' || *p > '9') {
+            return NGX_ERROR;
+        }
+
+        while (p < end && *p >= '0' && *p <= '9') {
+            d = *p++ - '0';
+
+            if (*v > (UINT64_MAX - d) / 10) {
+                return NGX_ERROR;
+            }
+
+            *v = *v * 10 + d;
+        }
+
+        if (p == end) {
+            return (v == &id->seq) ? NGX_OK : NGX_ERROR;
+        }
+
+        if (*p != '-' || v == &id->seq) {
+            return NGX_ERROR;
+        }
+
+        p++;
+        v = &id->seq;
+    }
 }

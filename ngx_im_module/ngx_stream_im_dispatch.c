@@ -11,11 +11,34 @@
 #include "ngx_stream_im.h"
 
 
-/* a decoded client frame goes to the handler of its body */
+/*
+ * A decoded client frame goes to the handler of its body.  Requests that
+ * need Redis answer from the reply's callback, which finds the session
+ * through its ref: the session may have gone while the reply was out.
+ */
+
+
+#define NGX_STREAM_IM_TOKEN_MAX     8192
+#define NGX_STREAM_IM_TYPE_MAX      64
+#define NGX_STREAM_IM_SYNC_MAX      1000
 
 
 static ngx_int_t ngx_stream_im_ping(ngx_stream_im_session_t *ctx,
     Im__Frame *f);
+static ngx_int_t ngx_stream_im_auth(ngx_stream_im_session_t *ctx,
+    Im__Frame *f);
+static ngx_int_t ngx_stream_im_send(ngx_stream_im_session_t *ctx,
+    Im__Frame *f);
+static void ngx_stream_im_sent(ngx_stream_im_session_t *ctx,
+    ngx_stream_im_ref_t *ref, redisReply *r);
+static ngx_int_t ngx_stream_im_ack(ngx_stream_im_session_t *ctx,
+    Im__Frame *f);
+static ngx_int_t ngx_stream_im_sync(ngx_stream_im_session_t *ctx,
+    Im__Frame *f);
+static void ngx_stream_im_synced(ngx_stream_im_session_t *ctx,
+    ngx_stream_im_ref_t *ref, redisReply *r);
+static ngx_int_t ngx_stream_im_pstrdup(ngx_stream_im_session_t *ctx,
+    ngx_str_t *dst, u_char *src, size_t len);
 
 
 ngx_int_t
@@ -29,6 +52,9 @@ ngx_stream_im_dispatch(ngx_stream_im_session_t *ctx, Im__Frame *f)
 
     case IM__FRAME__BODY_PING:
         return ngx_stream_im_ping(ctx, f);
+
+    case IM__FRAME__BODY_AUTH:
+        return ngx_stream_im_auth(ctx, f);
 
     case IM__FRAME__BODY_PONG:
 
@@ -72,8 +98,22 @@ ngx_stream_im_dispatch(ngx_stream_im_session_t *ctx, Im__Frame *f)
                                         "authenticate first");
     }
 
-    return ngx_stream_im_send_error(ctx, f->id, IM__ERROR__CODE__UNAVAILABLE,
-                                    "not available on this server");
+    switch (f->body_case) {
+
+    case IM__FRAME__BODY_SEND:
+        return ngx_stream_im_send(ctx, f);
+
+    case IM__FRAME__BODY_ACK:
+        return ngx_stream_im_ack(ctx, f);
+
+    case IM__FRAME__BODY_SYNC:
+        return ngx_stream_im_sync(ctx, f);
+
+    default:
+        return ngx_stream_im_send_error(ctx, f->id,
+                                        IM__ERROR__CODE__UNAVAILABLE,
+                                        "not available on this server");
+    }
 }
 
 
@@ -93,4 +133,478 @@ ngx_stream_im_ping(ngx_stream_im_session_t *ctx, Im__Frame *f)
     reply.pong = &pong;
 
     return ngx_stream_im_send_frame(ctx, &reply);
+}
+
+
+static ngx_int_t
+ngx_stream_im_auth(ngx_stream_im_session_t *ctx, Im__Frame *f)
+{
+    char                      *err;
+    size_t                     len;
+    ngx_str_t                  token, payload, device;
+    ngx_log_t                 *log;
+    ngx_stream_im_claims_t     claims;
+    ngx_stream_im_srv_conf_t  *iscf;
+    u_char                     buf[NGX_STREAM_IM_TOKEN_MAX];
+
+    log = ctx->session->connection->log;
+
+    if (ctx->authenticated || ctx->logging_in) {
+        ngx_log_error(NGX_LOG_INFO, log, 0, "client sent a second Auth");
+
+        return ngx_stream_im_send_error(ctx, f->id,
+                                        IM__ERROR__CODE__BAD_FRAME,
+                                        "already authenticated");
+    }
+
+    iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
+
+    token.data = (u_char *) f->auth->token;
+    token.len = ngx_strlen(f->auth->token);
+
+    if (token.len > NGX_STREAM_IM_TOKEN_MAX) {
+        err = "token too long";
+        goto failed;
+    }
+
+    if (ngx_stream_im_token_open(&token, &iscf->keys, NULL, buf, &payload,
+                                 &err)
+        != NGX_OK
+        || ngx_stream_im_token_claims(&payload, ngx_time(), &claims, &err)
+           != NGX_OK)
+    {
+        goto failed;
+    }
+
+    device.data = (u_char *) f->auth->device;
+    device.len = ngx_strlen(f->auth->device);
+
+    if (device.len == 0) {
+        ngx_str_set(&device, "default");
+    }
+
+    if (ngx_stream_im_valid_id(device.data, device.len) != NGX_OK) {
+        ngx_log_error(NGX_LOG_INFO, log, 0, "client sent a bad device id");
+
+        return ngx_stream_im_send_error(ctx, f->id,
+                                        IM__ERROR__CODE__BAD_FRAME,
+                                        "bad device id");
+    }
+
+    if (!ngx_stream_im_redis_up()) {
+        return ngx_stream_im_send_error(ctx, f->id,
+                                        IM__ERROR__CODE__UNAVAILABLE,
+                                        "storage unavailable, retry");
+    }
+
+    /* the user and device live as long as the session */
+
+    len = claims.user_len;
+
+    if (ctx->user.data == NULL
+        && (ngx_stream_im_pstrdup(ctx, &ctx->user, claims.user, len)
+            != NGX_OK
+            || ngx_stream_im_pstrdup(ctx, &ctx->device, device.data,
+                                     device.len)
+               != NGX_OK))
+    {
+        return NGX_ERROR;
+    }
+
+    if (ctx->user.len != len
+        || ngx_memcmp(ctx->user.data, claims.user, len) != 0
+        || ctx->device.len != device.len
+        || ngx_memcmp(ctx->device.data, device.data, device.len) != 0)
+    {
+        /* a retry after "unavailable" must be the same identity */
+
+        return ngx_stream_im_send_error(ctx, f->id,
+                                        IM__ERROR__CODE__BAD_FRAME,
+                                        "identity changed");
+    }
+
+    if (ngx_stream_im_router_login(ctx, f->id) != NGX_OK) {
+        return ngx_stream_im_send_error(ctx, f->id,
+                                        IM__ERROR__CODE__UNAVAILABLE,
+                                        "storage unavailable, retry");
+    }
+
+    return NGX_OK;
+
+failed:
+
+    ngx_log_error(NGX_LOG_INFO, log, 0, "client sent a bad token: %s", err);
+
+    if (ngx_stream_im_send_error(ctx, f->id,
+                                 IM__ERROR__CODE__UNAUTHENTICATED, err)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ngx_stream_im_close(ctx, NGX_STREAM_IM_CLOSE_POLICY,
+                        "authentication failed");
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_stream_im_pstrdup(ngx_stream_im_session_t *ctx, ngx_str_t *dst,
+    u_char *src, size_t len)
+{
+    /* NUL-terminated: protobuf-c wants C strings when they go out */
+
+    dst->data = ngx_pnalloc(ctx->session->connection->pool, len + 1);
+    if (dst->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(dst->data, src, len);
+    dst->data[len] = '\0';
+    dst->len = len;
+
+    return NGX_OK;
+}
+
+
+/*
+ * One round trip: the script dedups by client_msg_id, stores into both
+ * inboxes and publishes to the live routes; SendAck waits for it.
+ */
+
+static ngx_int_t
+ngx_stream_im_send(ngx_stream_im_session_t *ctx, Im__Frame *f)
+{
+    u_char                    *p;
+    size_t                     n;
+    Im__Send                  *m;
+    ngx_str_t                  to, cmid, keys[5], args[6];
+    ngx_uint_t                 nkeys;
+    ngx_log_t                 *log;
+    Im__Message                msg;
+    ngx_stream_im_ref_t        ref;
+    ngx_stream_im_srv_conf_t  *iscf;
+    u_char                     kbuf[5][NGX_STREAM_IM_KEY_MAX];
+    u_char                     sid[NGX_STREAM_IM_SID_MAX];
+    u_char                     maxlen[NGX_INT_T_LEN];
+
+    log = ctx->session->connection->log;
+    m = f->send;
+
+    to.data = (u_char *) m->to;
+    to.len = ngx_strlen(m->to);
+
+    cmid.data = (u_char *) m->client_msg_id;
+    cmid.len = ngx_strlen(m->client_msg_id);
+
+    if (m->group[0] != '\0') {
+        return ngx_stream_im_send_error(ctx, f->id,
+                                        IM__ERROR__CODE__UNAVAILABLE,
+                                        "groups are not available");
+    }
+
+    if (ngx_stream_im_valid_id(to.data, to.len) != NGX_OK) {
+        ngx_log_error(NGX_LOG_INFO, log, 0, "client sent a bad recipient");
+
+        return ngx_stream_im_send_error(ctx, f->id,
+                                        IM__ERROR__CODE__BAD_FRAME,
+                                        "bad recipient");
+    }
+
+    if (cmid.len && ngx_stream_im_valid_id(cmid.data, cmid.len) != NGX_OK) {
+        ngx_log_error(NGX_LOG_INFO, log, 0,
+                      "client sent a bad client_msg_id");
+
+        return ngx_stream_im_send_error(ctx, f->id,
+                                        IM__ERROR__CODE__BAD_FRAME,
+                                        "bad client_msg_id");
+    }
+
+    if (ngx_strlen(m->type) > NGX_STREAM_IM_TYPE_MAX) {
+        return ngx_stream_im_send_error(ctx, f->id,
+                                        IM__ERROR__CODE__TOO_LARGE,
+                                        "type too long");
+    }
+
+    if (!ngx_stream_im_redis_up()) {
+        return ngx_stream_im_send_error(ctx, f->id,
+                                        IM__ERROR__CODE__UNAVAILABLE,
+                                        "storage unavailable, retry");
+    }
+
+    iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
+
+    /* the stored entry: a Message without msg_id and ts_ms */
+
+    im__message__init(&msg);
+
+    msg.from = (char *) ctx->user.data;
+    msg.to = m->to;
+    msg.body = m->body;
+    msg.client_msg_id = m->client_msg_id;
+    msg.type = m->type;
+
+    n = im__message__get_packed_size(&msg);
+
+    p = ngx_stream_im_arena_alloc(ngx_stream_im_worker_arena(), n);
+    if (p == NULL) {
+        return ngx_stream_im_send_error(ctx, f->id,
+                                        IM__ERROR__CODE__TOO_LARGE,
+                                        "message too large");
+    }
+
+    args[0].data = p;
+    args[0].len = im__message__pack(&msg, p);
+
+    keys[0].data = kbuf[0];
+    keys[0].len = ngx_stream_im_router_key(kbuf[0], "u", &to, "inbox")
+                  - kbuf[0];
+    keys[1].data = kbuf[1];
+    keys[1].len = ngx_stream_im_router_key(kbuf[1], "u", &to, "routes")
+                  - kbuf[1];
+    keys[2].data = kbuf[2];
+    keys[2].len = ngx_stream_im_router_key(kbuf[2], "u", &ctx->user, "inbox")
+                  - kbuf[2];
+    keys[3].data = kbuf[3];
+    keys[3].len = ngx_stream_im_router_key(kbuf[3], "u", &ctx->user,
+                                           "routes")
+                  - kbuf[3];
+
+    nkeys = 4;
+
+    if (cmid.len) {
+        keys[4].data = kbuf[4];
+        keys[4].len = ngx_sprintf(kbuf[4], "im:{u:%V}:dedup:%V", &ctx->user,
+                                  &cmid)
+                      - kbuf[4];
+        nkeys = 5;
+    }
+
+    args[1].data = maxlen;
+    args[1].len = ngx_sprintf(maxlen, "%ui", iscf->inbox_max) - maxlen;
+    args[2] = to;
+    args[3] = ctx->user;
+    args[4] = *ngx_stream_im_router_session_id(ctx, sid);
+    args[5] = cmid;
+
+    ngx_stream_im_session_ref(ctx, &ref, f->id);
+
+    if (ngx_stream_im_redis_send_message(nkeys, keys, 6, args,
+                                         ngx_stream_im_sent, &ref)
+        != NGX_OK)
+    {
+        return ngx_stream_im_send_error(ctx, f->id,
+                                        IM__ERROR__CODE__UNAVAILABLE,
+                                        "storage unavailable, retry");
+    }
+
+    return NGX_OK;
+}
+
+
+/* the script's reply: [msg_id in the sender's inbox, client_msg_id] */
+
+static void
+ngx_stream_im_sent(ngx_stream_im_session_t *ctx, ngx_stream_im_ref_t *ref,
+    redisReply *r)
+{
+    Im__Frame               f;
+    Im__SendAck             ack;
+    ngx_stream_im_msg_id_t  mid;
+
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2
+        || r->element[0]->type != REDIS_REPLY_STRING
+        || r->element[1]->type != REDIS_REPLY_STRING
+        || ngx_stream_im_msg_id_parse((u_char *) r->element[0]->str,
+                                      r->element[0]->len, &mid)
+           != NGX_OK)
+    {
+        if (r && r->type == REDIS_REPLY_ERROR) {
+            ngx_log_error(NGX_LOG_ERR, ctx->session->connection->log, 0,
+                          "redis refused a message: %s", r->str);
+        }
+
+        (void) ngx_stream_im_send_error(ctx, ref->id,
+                                        IM__ERROR__CODE__UNAVAILABLE,
+                                        "not stored, retry");
+        return;
+    }
+
+    im__frame__init(&f);
+    im__send_ack__init(&ack);
+
+    ack.client_msg_id = r->element[1]->str;
+    ack.msg_id = r->element[0]->str;
+    ack.ts_ms = mid.ms;
+
+    f.id = ref->id;
+    f.body_case = IM__FRAME__BODY_SEND_ACK;
+    f.send_ack = &ack;
+
+    (void) ngx_stream_im_send_frame(ctx, &f);
+}
+
+
+static ngx_int_t
+ngx_stream_im_ack(ngx_stream_im_session_t *ctx, Im__Frame *f)
+{
+    u_char                  *p;
+    ngx_str_t                argv[4];
+    ngx_stream_im_msg_id_t   mid;
+    u_char                   key[NGX_STREAM_IM_KEY_MAX];
+
+    argv[3].data = (u_char *) f->ack->up_to;
+    argv[3].len = ngx_strlen(f->ack->up_to);
+
+    if (ngx_stream_im_msg_id_parse(argv[3].data, argv[3].len, &mid)
+        != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_INFO, ctx->session->connection->log, 0,
+                      "client sent a bad Ack");
+
+        return ngx_stream_im_send_error(ctx, f->id,
+                                        IM__ERROR__CODE__BAD_FRAME,
+                                        "bad msg_id");
+    }
+
+    p = ngx_stream_im_router_key(key, "u", &ctx->user, "cursor");
+
+    ngx_str_set(&argv[0], "HSET");
+    argv[1].data = key;
+    argv[1].len = p - key;
+    argv[2] = ctx->device;
+
+    /* Ack has no reply: if Redis is down, the client acks again later */
+
+    (void) ngx_stream_im_redis_command(4, argv, NULL, NULL);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_stream_im_sync(ngx_stream_im_session_t *ctx, Im__Frame *f)
+{
+    u_char                  *p;
+    uint32_t                 limit;
+    ngx_str_t                argv[6], after;
+    ngx_stream_im_ref_t      ref;
+    ngx_stream_im_msg_id_t   mid;
+    u_char                   key[NGX_STREAM_IM_KEY_MAX];
+    u_char                   start[2 + 2 * NGX_INT64_LEN];
+    u_char                   count[NGX_INT_T_LEN];
+
+    after.data = (u_char *) f->sync->after;
+    after.len = ngx_strlen(f->sync->after);
+
+    limit = f->sync->limit;
+
+    if (limit == 0 || limit > NGX_STREAM_IM_SYNC_MAX) {
+        limit = NGX_STREAM_IM_SYNC_MAX;
+    }
+
+    if (after.len
+        && ngx_stream_im_msg_id_parse(after.data, after.len, &mid) != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_INFO, ctx->session->connection->log, 0,
+                      "client sent a bad Sync");
+
+        return ngx_stream_im_send_error(ctx, f->id,
+                                        IM__ERROR__CODE__BAD_FRAME,
+                                        "bad msg_id");
+    }
+
+    p = ngx_stream_im_router_key(key, "u", &ctx->user, "inbox");
+
+    ngx_str_set(&argv[0], "XRANGE");
+    argv[1].data = key;
+    argv[1].len = p - key;
+
+    if (after.len) {
+        argv[2].data = start;
+        argv[2].len = ngx_sprintf(start, "(%uL-%uL", mid.ms, mid.seq) - start;
+
+    } else {
+        ngx_str_set(&argv[2], "-");
+    }
+
+    ngx_str_set(&argv[3], "+");
+    ngx_str_set(&argv[4], "COUNT");
+
+    /* one more than asked tells whether there is more */
+
+    argv[5].data = count;
+    argv[5].len = ngx_sprintf(count, "%uD", limit + 1) - count;
+
+    ngx_stream_im_session_ref(ctx, &ref, f->id);
+    ref.arg = limit;
+
+    if (ngx_stream_im_redis_command(6, argv, ngx_stream_im_synced, &ref)
+        != NGX_OK)
+    {
+        return ngx_stream_im_send_error(ctx, f->id,
+                                        IM__ERROR__CODE__UNAVAILABLE,
+                                        "storage unavailable, retry");
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_stream_im_synced(ngx_stream_im_session_t *ctx, ngx_stream_im_ref_t *ref,
+    redisReply *r)
+{
+    size_t                  i, n;
+    ngx_str_t               id, partial, last;
+    Im__Frame               f;
+    Im__SyncDone            done;
+    ngx_stream_im_msg_t    *msg;
+    ngx_stream_im_msg_id_t  mid;
+
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+        (void) ngx_stream_im_send_error(ctx, ref->id,
+                                        IM__ERROR__CODE__UNAVAILABLE,
+                                        "storage unavailable, retry");
+        return;
+    }
+
+    n = ngx_min(r->elements, ref->arg);
+    ngx_str_null(&last);
+
+    for (i = 0; i < n; i++) {
+        if (ngx_stream_im_router_entry(r->element[i], &id, &mid, &partial)
+            != NGX_OK)
+        {
+            continue;
+        }
+
+        msg = ngx_stream_im_router_message(ref->id, &id, &mid, &partial);
+        if (msg == NULL) {
+            return;
+        }
+
+        if (ngx_stream_im_queue(ctx, msg) != NGX_OK) {
+            return;
+        }
+
+        last = id;
+    }
+
+    im__frame__init(&f);
+    im__sync_done__init(&done);
+
+    if (last.len) {
+        /* hiredis strings are NUL-terminated */
+        done.last = (char *) last.data;
+    }
+
+    done.more = (r->elements > ref->arg);
+
+    f.id = ref->id;
+    f.body_case = IM__FRAME__BODY_SYNC_DONE;
+    f.sync_done = &done;
+
+    (void) ngx_stream_im_send_frame(ctx, &f);
 }

@@ -15,6 +15,7 @@
 
 
 static void *ngx_stream_im_create_main_conf(ngx_conf_t *cf);
+static char *ngx_stream_im_init_main_conf(ngx_conf_t *cf, void *conf);
 static void *ngx_stream_im_create_srv_conf(ngx_conf_t *cf);
 static char *ngx_stream_im_merge_srv_conf(ngx_conf_t *cf, void *parent,
     void *child);
@@ -33,6 +34,11 @@ static ngx_conf_num_bounds_t  ngx_stream_im_max_frame_bounds = {
 };
 
 
+static ngx_conf_num_bounds_t  ngx_stream_im_inbox_max_bounds = {
+    ngx_conf_check_num_bounds, 1, 100000000
+};
+
+
 static ngx_command_t  ngx_stream_im_commands[] = {
 
     { ngx_string("im"),
@@ -45,7 +51,7 @@ static ngx_command_t  ngx_stream_im_commands[] = {
     { ngx_string("im_redis"),
       NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
       ngx_stream_im_redis,
-      NGX_STREAM_SRV_CONF_OFFSET,
+      NGX_STREAM_MAIN_CONF_OFFSET,
       0,
       NULL },
 
@@ -84,6 +90,20 @@ static ngx_command_t  ngx_stream_im_commands[] = {
       offsetof(ngx_stream_im_srv_conf_t, max_frame),
       &ngx_stream_im_max_frame_bounds },
 
+    { ngx_string("im_send_queue"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_im_srv_conf_t, send_queue),
+      NULL },
+
+    { ngx_string("im_inbox_max"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_im_srv_conf_t, inbox_max),
+      &ngx_stream_im_inbox_max_bounds },
+
     { ngx_string("im_origins"),
       NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_1MORE,
       ngx_stream_im_origins,
@@ -100,7 +120,7 @@ static ngx_stream_module_t  ngx_stream_im_module_ctx = {
     NULL,                                  /* postconfiguration */
 
     ngx_stream_im_create_main_conf,        /* create main configuration */
-    NULL,                                  /* init main configuration */
+    ngx_stream_im_init_main_conf,          /* init main configuration */
 
     ngx_stream_im_create_srv_conf,         /* create server configuration */
     ngx_stream_im_merge_srv_conf           /* merge server configuration */
@@ -144,6 +164,33 @@ ngx_stream_im_create_main_conf(ngx_conf_t *cf)
 }
 
 
+static char *
+ngx_stream_im_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_stream_im_main_conf_t *imcf = conf;
+
+    if (imcf->redis) {
+        return NGX_CONF_OK;
+    }
+
+    imcf->redis = ngx_pcalloc(cf->pool, sizeof(ngx_addr_t));
+    if (imcf->redis == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_parse_addr_port(cf->pool, imcf->redis, (u_char *) "127.0.0.1:6379",
+                            sizeof("127.0.0.1:6379") - 1)
+        != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_str_set(&imcf->redis->name, "127.0.0.1:6379");
+
+    return NGX_CONF_OK;
+}
+
+
 static void *
 ngx_stream_im_create_srv_conf(ngx_conf_t *cf)
 {
@@ -159,14 +206,14 @@ ngx_stream_im_create_srv_conf(ngx_conf_t *cf)
      *
      *     iscf->keys = { 0 };
      *     iscf->origins = NULL;
-     *     iscf->redis = NULL;
-     *     iscf->redis_text = { 0, NULL };
      */
 
     iscf->auth_timeout = NGX_CONF_UNSET_MSEC;
     iscf->ping_interval = NGX_CONF_UNSET_MSEC;
     iscf->idle_timeout = NGX_CONF_UNSET_MSEC;
     iscf->max_frame = NGX_CONF_UNSET_SIZE;
+    iscf->send_queue = NGX_CONF_UNSET_SIZE;
+    iscf->inbox_max = NGX_CONF_UNSET_UINT;
 
     return iscf;
 }
@@ -188,16 +235,13 @@ ngx_stream_im_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
         conf->origins = prev->origins;
     }
 
-    if (conf->redis == NULL) {
-        conf->redis = prev->redis;
-        conf->redis_text = prev->redis_text;
-    }
-
     ngx_conf_merge_msec_value(conf->auth_timeout, prev->auth_timeout, 10000);
     ngx_conf_merge_msec_value(conf->ping_interval, prev->ping_interval,
                               30000);
     ngx_conf_merge_msec_value(conf->idle_timeout, prev->idle_timeout, 90000);
     ngx_conf_merge_size_value(conf->max_frame, prev->max_frame, 65536);
+    ngx_conf_merge_size_value(conf->send_queue, prev->send_queue, 262144);
+    ngx_conf_merge_uint_value(conf->inbox_max, prev->inbox_max, 10000);
 
     if (conf->ping_interval == 0 || conf->auth_timeout == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -213,10 +257,27 @@ ngx_stream_im_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
+    if (conf->send_queue < 2 * conf->max_frame) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"im_send_queue\" must be at least twice "
+                           "\"im_max_frame\"");
+        return NGX_CONF_ERROR;
+    }
+
     imcf = ngx_stream_conf_get_module_main_conf(cf, ngx_stream_im_module);
+
+    if (conf->enabled && conf->keys.nelts == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"im\" needs at least one \"im_token_key\"");
+        return NGX_CONF_ERROR;
+    }
 
     if (conf->max_frame > imcf->max_frame) {
         imcf->max_frame = conf->max_frame;
+    }
+
+    if (conf->enabled) {
+        imcf->enabled = 1;
     }
 
     return NGX_CONF_OK;
@@ -226,6 +287,8 @@ ngx_stream_im_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
 static char *
 ngx_stream_im(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
+    ngx_stream_im_srv_conf_t *iscf = conf;
+
     ngx_stream_core_srv_conf_t  *cscf;
 
     cscf = ngx_stream_conf_get_module_srv_conf(cf, ngx_stream_core_module);
@@ -235,6 +298,7 @@ ngx_stream_im(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     cscf->handler = ngx_stream_im_session_handler;
+    iscf->enabled = 1;
 
     return NGX_CONF_OK;
 }
@@ -243,24 +307,22 @@ ngx_stream_im(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 static char *
 ngx_stream_im_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
-    ngx_stream_im_srv_conf_t *iscf = conf;
+    ngx_stream_im_main_conf_t *imcf = conf;
 
     ngx_int_t   rc;
     ngx_str_t  *value;
     ngx_url_t   u;
 
-    if (iscf->redis) {
-        return "is duplicate";
+    if (imcf->redis) {
+        return "is duplicate: a stream block has one Redis";
     }
 
     value = cf->args->elts;
 
-    iscf->redis = ngx_pcalloc(cf->pool, sizeof(ngx_addr_t));
-    if (iscf->redis == NULL) {
+    imcf->redis = ngx_pcalloc(cf->pool, sizeof(ngx_addr_t));
+    if (imcf->redis == NULL) {
         return NGX_CONF_ERROR;
     }
-
-    iscf->redis_text = value[1];
 
     if (ngx_strncmp(value[1].data, "unix:", 5) == 0) {
         ngx_memzero(&u, sizeof(ngx_url_t));
@@ -276,14 +338,14 @@ ngx_stream_im_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             return NGX_CONF_ERROR;
         }
 
-        *iscf->redis = u.addrs[0];
+        *imcf->redis = u.addrs[0];
 
         return NGX_CONF_OK;
     }
 
     /* an IP literal only: a worker must never block on DNS */
 
-    rc = ngx_parse_addr_port(cf->pool, iscf->redis, value[1].data,
+    rc = ngx_parse_addr_port(cf->pool, imcf->redis, value[1].data,
                              value[1].len);
 
     if (rc == NGX_ERROR) {
@@ -298,9 +360,11 @@ ngx_stream_im_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    if (ngx_inet_get_port(iscf->redis->sockaddr) == 0) {
-        ngx_inet_set_port(iscf->redis->sockaddr, NGX_STREAM_IM_REDIS_PORT);
+    if (ngx_inet_get_port(imcf->redis->sockaddr) == 0) {
+        ngx_inet_set_port(imcf->redis->sockaddr, NGX_STREAM_IM_REDIS_PORT);
     }
+
+    imcf->redis->name = value[1];
 
     return NGX_CONF_OK;
 }
@@ -453,7 +517,9 @@ ngx_stream_im_init_process(ngx_cycle_t *cycle)
 
     imcf = ngx_stream_cycle_get_module_main_conf(cycle, ngx_stream_im_module);
 
-    if (imcf == NULL || imcf->max_frame == 0) {
+    /* no server speaks IM: nothing to set up */
+
+    if (imcf == NULL || !imcf->enabled) {
         return NGX_OK;
     }
 
@@ -471,7 +537,13 @@ ngx_stream_im_init_process(ngx_cycle_t *cycle)
 
     ngx_stream_im_arena_init(&ngx_stream_im_arena, p, size);
 
-    return ngx_stream_im_session_init_worker(cycle);
+    if (ngx_stream_im_session_init_worker(cycle) != NGX_OK
+        || ngx_stream_im_router_init_worker(cycle) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return ngx_stream_im_redis_init_worker(cycle, imcf->redis);
 }
 
 

@@ -861,6 +861,45 @@ ngx_stream_im_close(ngx_stream_im_session_t *ctx, ngx_uint_t status,
 }
 
 
+/* names a session for an asynchronous reply: slot and serial number */
+
+void
+ngx_stream_im_session_ref(ngx_stream_im_session_t *ctx,
+    ngx_stream_im_ref_t *ref, uint32_t id)
+{
+    ngx_connection_t  *c;
+
+    c = ctx->session->connection;
+
+    ref->slot = c - ngx_cycle->connections;
+    ref->number = c->number;
+    ref->id = id;
+    ref->arg = 0;
+}
+
+
+ngx_stream_im_session_t *
+ngx_stream_im_session_lookup(ngx_stream_im_ref_t *ref)
+{
+    ngx_connection_t  *c;
+
+    if (ref->number == 0 || ref->slot >= ngx_cycle->connection_n) {
+        return NULL;
+    }
+
+    c = &ngx_cycle->connections[ref->slot];
+
+    /* a closed or reused connection has another number, or no socket */
+
+    if (c->fd == (ngx_socket_t) -1 || c->number != ref->number) {
+        return NULL;
+    }
+
+    return ngx_stream_get_module_ctx((ngx_stream_session_t *) c->data,
+                                     ngx_stream_im_module);
+}
+
+
 ngx_stream_im_msg_t *
 ngx_stream_im_msg_alloc(size_t len, ngx_log_t *log)
 {
@@ -892,10 +931,31 @@ ngx_stream_im_msg_release(ngx_stream_im_msg_t *msg)
 ngx_int_t
 ngx_stream_im_queue(ngx_stream_im_session_t *ctx, ngx_stream_im_msg_t *msg)
 {
-    ngx_connection_t     *c;
-    ngx_stream_im_out_t  *out;
+    ngx_connection_t          *c;
+    ngx_stream_im_out_t       *out;
+    ngx_stream_im_srv_conf_t  *iscf;
 
     c = ctx->session->connection;
+    iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
+
+    if (ctx->out_bytes + msg->len > iscf->send_queue
+        && ctx->state == NGX_STREAM_IM_OPEN)
+    {
+        /* a client that cannot keep up replays from its cursor later */
+
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "client is too slow, im_send_queue is full");
+
+        ctx->state = NGX_STREAM_IM_LAST_WRITE;
+        ctx->overflow = 1;
+        ngx_post_event(c->write, &ngx_posted_events);
+
+        if (msg->refs == 0) {
+            ngx_free(msg);
+        }
+
+        return NGX_DECLINED;
+    }
 
     out = ngx_alloc(sizeof(ngx_stream_im_out_t), c->log);
     if (out == NULL) {
@@ -907,6 +967,7 @@ ngx_stream_im_queue(ngx_stream_im_session_t *ctx, ngx_stream_im_msg_t *msg)
     }
 
     msg->refs++;
+    ctx->out_bytes += msg->len;
 
     out->next = NULL;
     out->msg = msg;
@@ -923,21 +984,31 @@ ngx_stream_im_queue(ngx_stream_im_session_t *ctx, ngx_stream_im_msg_t *msg)
 static void
 ngx_stream_im_write_handler(ngx_event_t *wev)
 {
-    ngx_connection_t         *c;
-    ngx_stream_session_t     *s;
-    ngx_stream_im_session_t  *ctx;
+    ngx_connection_t          *c;
+    ngx_stream_session_t      *s;
+    ngx_stream_im_session_t   *ctx;
+    ngx_stream_im_srv_conf_t  *iscf;
 
     c = wev->data;
     s = c->data;
     ctx = ngx_stream_get_module_ctx(s, ngx_stream_im_module);
 
-    if (ngx_stream_im_flush(ctx) == NGX_ERROR) {
+    if (ctx->overflow || ngx_stream_im_flush(ctx) == NGX_ERROR) {
         ngx_stream_im_finalize(ctx);
         return;
     }
 
     if (ctx->out == NULL && ctx->state == NGX_STREAM_IM_LAST_WRITE) {
         ngx_stream_im_finalize(ctx);
+        return;
+    }
+
+    if (ctx->replay_paused && ctx->state == NGX_STREAM_IM_OPEN) {
+        iscf = ngx_stream_get_module_srv_conf(s, ngx_stream_im_module);
+
+        if (ctx->out_bytes <= iscf->send_queue / 4) {
+            ngx_stream_im_router_replay(ctx);
+        }
     }
 }
 
@@ -1005,6 +1076,7 @@ ngx_stream_im_flush(ngx_stream_im_session_t *ctx)
             sent -= rest;
             ctx->out_pos = 0;
             ctx->out = out->next;
+            ctx->out_bytes -= out->msg->len;
 
             ngx_stream_im_msg_release(out->msg);
             ngx_free(out);
@@ -1066,6 +1138,7 @@ ngx_stream_im_cleanup(void *data)
 
     ngx_stream_im_out_t  *out;
 
+    ngx_stream_im_router_logout(ctx);
     ngx_stream_im_free_partial(ctx);
 
     while (ctx->out) {

@@ -1,0 +1,615 @@
+
+/*
+ * Copyright (C) ngx_im authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_stream.h>
+
+#include "ngx_stream_im.h"
+
+
+/*
+ * Who is online here and how messages reach them.  The worker indexes
+ * its authenticated sessions by user; each session has a route in Redis
+ * (im:{u:<uid>}:routes, session -> this worker's channel), and a stored
+ * message published on that channel is serialized once and queued on
+ * every local session of its user.  A session first replays its inbox
+ * after its cursor; live messages that race with the replay are left to
+ * the replay, so the client sees inbox order with no gap.
+ */
+
+
+#define NGX_STREAM_IM_REPLAY_PAGE   100
+
+
+typedef struct {
+    ngx_str_node_t             sn;
+    ngx_queue_t                sessions;
+    ngx_queue_t                all;
+} ngx_stream_im_user_t;
+
+
+static ngx_stream_im_user_t *ngx_stream_im_router_user(ngx_str_t *name);
+static ngx_int_t ngx_stream_im_router_route(ngx_stream_im_session_t *ctx,
+    ngx_stream_im_redis_handler_pt handler, uint32_t id);
+static void ngx_stream_im_router_logged_in(ngx_stream_im_session_t *ctx,
+    ngx_stream_im_ref_t *ref, redisReply *r);
+static void ngx_stream_im_router_page(ngx_stream_im_session_t *ctx,
+    ngx_stream_im_ref_t *ref, redisReply *r);
+static void ngx_stream_im_router_remove(ngx_stream_im_session_t *ctx);
+
+
+static ngx_rbtree_t          ngx_stream_im_users;
+static ngx_rbtree_node_t     ngx_stream_im_users_sentinel;
+static ngx_queue_t           ngx_stream_im_users_all;
+static ngx_str_t             ngx_stream_im_sid_prefix;
+
+
+ngx_int_t
+ngx_stream_im_router_init_worker(ngx_cycle_t *cycle)
+{
+    u_char  *p;
+
+    ngx_rbtree_init(&ngx_stream_im_users, &ngx_stream_im_users_sentinel,
+                    ngx_str_rbtree_insert_value);
+    ngx_queue_init(&ngx_stream_im_users_all);
+
+    /* session ids are "<host>:<pid>:<connection number>" */
+
+    p = ngx_pnalloc(cycle->pool, cycle->hostname.len + NGX_INT64_LEN + 2);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_stream_im_sid_prefix.data = p;
+    p = ngx_sprintf(p, "%V:%P:", &cycle->hostname, ngx_pid);
+    ngx_stream_im_sid_prefix.len = p - ngx_stream_im_sid_prefix.data;
+
+    return NGX_OK;
+}
+
+
+ngx_str_t *
+ngx_stream_im_router_session_id(ngx_stream_im_session_t *ctx, u_char *buf)
+{
+    static ngx_str_t  sid;
+
+    sid.data = buf;
+    sid.len = ngx_sprintf(buf, "%V%uA", &ngx_stream_im_sid_prefix,
+                          ctx->session->connection->number)
+              - buf;
+
+    return &sid;
+}
+
+
+/* "im:{<kind>:<id>}:<suffix>": per-user keys share one cluster slot */
+
+u_char *
+ngx_stream_im_router_key(u_char *p, char *kind, ngx_str_t *id, char *suffix)
+{
+    return ngx_sprintf(p, "im:{%s:%V}:%s", kind, id, suffix);
+}
+
+
+static ngx_stream_im_user_t *
+ngx_stream_im_router_user(ngx_str_t *name)
+{
+    return (ngx_stream_im_user_t *)
+           ngx_str_rbtree_lookup(&ngx_stream_im_users, name,
+                                 ngx_crc32_short(name->data, name->len));
+}
+
+
+/*
+ * Auth succeeded: index the session, register its route and read its
+ * device's cursor in one round trip; AuthOk goes out with the reply.
+ */
+
+ngx_int_t
+ngx_stream_im_router_login(ngx_stream_im_session_t *ctx, uint32_t id)
+{
+    ngx_stream_im_user_t  *u;
+
+    u = ngx_stream_im_router_user(&ctx->user);
+
+    if (u == NULL) {
+        u = ngx_alloc(sizeof(ngx_stream_im_user_t) + ctx->user.len,
+                      ngx_cycle->log);
+        if (u == NULL) {
+            return NGX_ERROR;
+        }
+
+        u->sn.str.data = (u_char *) (u + 1);
+        u->sn.str.len = ctx->user.len;
+        ngx_memcpy(u->sn.str.data, ctx->user.data, ctx->user.len);
+
+        u->sn.node.key = ngx_crc32_short(u->sn.str.data, u->sn.str.len);
+
+        ngx_rbtree_insert(&ngx_stream_im_users, &u->sn.node);
+        ngx_queue_init(&u->sessions);
+        ngx_queue_insert_tail(&ngx_stream_im_users_all, &u->all);
+    }
+
+    ngx_queue_insert_tail(&u->sessions, &ctx->queue);
+    ctx->owner = u;
+
+    /* live messages until the first replay is done go to the replay */
+
+    ctx->logging_in = 1;
+    ctx->replaying = 1;
+
+    if (ngx_stream_im_router_route(ctx, ngx_stream_im_router_logged_in, id)
+        != NGX_OK)
+    {
+        ngx_stream_im_router_remove(ctx);
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_stream_im_router_route(ngx_stream_im_session_t *ctx,
+    ngx_stream_im_redis_handler_pt handler, uint32_t id)
+{
+    u_char               *p;
+    ngx_str_t             argv[4];
+    ngx_stream_im_ref_t   ref;
+    u_char                key[NGX_STREAM_IM_KEY_MAX];
+    u_char                cursor[NGX_STREAM_IM_KEY_MAX];
+    u_char                sid[NGX_STREAM_IM_SID_MAX];
+
+    p = ngx_stream_im_router_key(key, "u", &ctx->user, "routes");
+
+    ngx_str_set(&argv[0], "HSET");
+    argv[1].data = key;
+    argv[1].len = p - key;
+    argv[2] = *ngx_stream_im_router_session_id(ctx, sid);
+    argv[3] = *ngx_stream_im_redis_channel();
+
+    if (ngx_stream_im_redis_command(4, argv, NULL, NULL) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (handler == NULL) {
+        return NGX_OK;
+    }
+
+    p = ngx_stream_im_router_key(cursor, "u", &ctx->user, "cursor");
+
+    ngx_str_set(&argv[0], "HGET");
+    argv[1].data = cursor;
+    argv[1].len = p - cursor;
+    argv[2] = ctx->device;
+
+    ngx_stream_im_session_ref(ctx, &ref, id);
+
+    return ngx_stream_im_redis_command(3, argv, handler, &ref);
+}
+
+
+static void
+ngx_stream_im_router_logged_in(ngx_stream_im_session_t *ctx,
+    ngx_stream_im_ref_t *ref, redisReply *r)
+{
+    Im__Frame                  f;
+    Im__AuthOk                 ok;
+    ngx_str_t                 *sid;
+    ngx_stream_im_srv_conf_t  *iscf;
+    u_char                     buf[NGX_STREAM_IM_SID_MAX + 1];
+
+    ctx->logging_in = 0;
+
+    if (r == NULL || r->type == REDIS_REPLY_ERROR) {
+        ngx_stream_im_router_remove(ctx);
+
+        (void) ngx_stream_im_send_error(ctx, ref->id,
+                                        IM__ERROR__CODE__UNAVAILABLE,
+                                        "storage unavailable, retry");
+        return;
+    }
+
+    if (r->type == REDIS_REPLY_STRING
+        && ngx_stream_im_msg_id_parse((u_char *) r->str, r->len, &ctx->last)
+           != NGX_OK)
+    {
+        ngx_memzero(&ctx->last, sizeof(ngx_stream_im_msg_id_t));
+    }
+
+    ctx->authenticated = 1;
+
+    iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
+
+    sid = ngx_stream_im_router_session_id(ctx, buf);
+    sid->data[sid->len] = '\0';
+
+    im__frame__init(&f);
+    im__auth_ok__init(&ok);
+
+    ok.user = (char *) ctx->user.data;
+    ok.session = (char *) sid->data;
+    ok.ping_interval_ms = iscf->ping_interval;
+    ok.max_frame = iscf->max_frame;
+
+    f.id = ref->id;
+    f.body_case = IM__FRAME__BODY_AUTH_OK;
+    f.auth_ok = &ok;
+
+    if (ngx_stream_im_send_frame(ctx, &f) != NGX_OK) {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, ctx->session->connection->log, 0,
+                  "user \"%V\" device \"%V\" signed in",
+                  &ctx->user, &ctx->device);
+
+    ngx_stream_im_router_replay(ctx);
+}
+
+
+void
+ngx_stream_im_router_logout(ngx_stream_im_session_t *ctx)
+{
+    u_char     *p;
+    ngx_str_t   argv[3];
+    u_char      key[NGX_STREAM_IM_KEY_MAX];
+    u_char      sid[NGX_STREAM_IM_SID_MAX];
+
+    if (ctx->owner == NULL) {
+        return;
+    }
+
+    ngx_stream_im_router_remove(ctx);
+
+    p = ngx_stream_im_router_key(key, "u", &ctx->user, "routes");
+
+    ngx_str_set(&argv[0], "HDEL");
+    argv[1].data = key;
+    argv[1].len = p - key;
+    argv[2] = *ngx_stream_im_router_session_id(ctx, sid);
+
+    /* if Redis is down now, the route dies with this worker's alive key */
+
+    (void) ngx_stream_im_redis_command(3, argv, NULL, NULL);
+}
+
+
+static void
+ngx_stream_im_router_remove(ngx_stream_im_session_t *ctx)
+{
+    ngx_stream_im_user_t  *u;
+
+    u = ctx->owner;
+
+    if (u == NULL) {
+        return;
+    }
+
+    ngx_queue_remove(&ctx->queue);
+    ctx->owner = NULL;
+
+    if (ngx_queue_empty(&u->sessions)) {
+        ngx_rbtree_delete(&ngx_stream_im_users, &u->sn.node);
+        ngx_queue_remove(&u->all);
+        ngx_free(u);
+    }
+}
+
+
+/* one page of the inbox after the newest entry this session has */
+
+void
+ngx_stream_im_router_replay(ngx_stream_im_session_t *ctx)
+{
+    u_char               *p;
+    ngx_str_t             argv[6];
+    ngx_stream_im_ref_t   ref;
+    u_char                key[NGX_STREAM_IM_KEY_MAX];
+    u_char                start[2 + 2 * NGX_INT64_LEN];
+
+    ctx->replaying = 1;
+    ctx->replay_again = 0;
+    ctx->replay_paused = 0;
+
+    p = ngx_stream_im_router_key(key, "u", &ctx->user, "inbox");
+
+    ngx_str_set(&argv[0], "XRANGE");
+    argv[1].data = key;
+    argv[1].len = p - key;
+
+    if (ctx->last.ms || ctx->last.seq) {
+        argv[2].data = start;
+        argv[2].len = ngx_sprintf(start, "(%uL-%uL", ctx->last.ms,
+                                  ctx->last.seq)
+                      - start;
+
+    } else {
+        ngx_str_set(&argv[2], "-");
+    }
+
+    ngx_str_set(&argv[3], "+");
+    ngx_str_set(&argv[4], "COUNT");
+    ngx_str_set(&argv[5], "100");
+
+    ngx_stream_im_session_ref(ctx, &ref, 0);
+
+    if (ngx_stream_im_redis_command(6, argv, ngx_stream_im_router_page, &ref)
+        != NGX_OK)
+    {
+        /* Redis is down: the catch-up after it comes back does this */
+        ctx->replaying = 0;
+    }
+}
+
+
+static void
+ngx_stream_im_router_page(ngx_stream_im_session_t *ctx,
+    ngx_stream_im_ref_t *ref, redisReply *r)
+{
+    size_t                     i;
+    ngx_str_t                  id, partial;
+    ngx_stream_im_msg_t       *msg;
+    ngx_stream_im_msg_id_t     mid;
+    ngx_stream_im_srv_conf_t  *iscf;
+
+    ctx->replaying = 0;
+
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+        return;
+    }
+
+    if (ctx->state != NGX_STREAM_IM_OPEN) {
+        return;
+    }
+
+    for (i = 0; i < r->elements; i++) {
+
+        if (ngx_stream_im_router_entry(r->element[i], &id, &mid, &partial)
+            != NGX_OK)
+        {
+            continue;
+        }
+
+        msg = ngx_stream_im_router_message(0, &id, &mid, &partial);
+        if (msg == NULL) {
+            return;
+        }
+
+        if (ngx_stream_im_queue(ctx, msg) != NGX_OK) {
+            return;
+        }
+
+        ctx->last = mid;
+    }
+
+    if (r->elements < NGX_STREAM_IM_REPLAY_PAGE && !ctx->replay_again) {
+        return;
+    }
+
+    /* more to come: unless the client is slow, read the next page now */
+
+    iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
+
+    if (ctx->out_bytes > iscf->send_queue / 2) {
+        ctx->replaying = 1;
+        ctx->replay_paused = 1;
+        return;
+    }
+
+    ngx_stream_im_router_replay(ctx);
+}
+
+
+ngx_stream_im_msg_t *
+ngx_stream_im_router_message(uint32_t id, ngx_str_t *msg_id,
+    ngx_stream_im_msg_id_t *mid, ngx_str_t *partial)
+{
+    u_char               *p;
+    ngx_stream_im_msg_t  *msg;
+
+    msg = ngx_stream_im_msg_alloc(NGX_STREAM_IM_WS_HEADER_MAX
+                                  + ngx_stream_im_message_size(id, msg_id,
+                                                               mid->ms,
+                                                               partial),
+                                  ngx_cycle->log);
+    if (msg == NULL) {
+        return NULL;
+    }
+
+    p = ngx_stream_im_message_write(msg->data, id, msg_id, mid->ms, partial);
+    msg->len = p - msg->data;
+
+    return msg;
+}
+
+
+/* a stream entry: [id, [field, value, ...]] with the message in "m" */
+
+ngx_int_t
+ngx_stream_im_router_entry(redisReply *e, ngx_str_t *id,
+    ngx_stream_im_msg_id_t *mid, ngx_str_t *partial)
+{
+    size_t       j;
+    redisReply  *f;
+
+    if (e->type != REDIS_REPLY_ARRAY || e->elements != 2
+        || e->element[0]->type != REDIS_REPLY_STRING
+        || e->element[1]->type != REDIS_REPLY_ARRAY)
+    {
+        return NGX_ERROR;
+    }
+
+    id->data = (u_char *) e->element[0]->str;
+    id->len = e->element[0]->len;
+
+    if (ngx_stream_im_msg_id_parse(id->data, id->len, mid) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    f = e->element[1];
+
+    for (j = 0; j + 1 < f->elements; j += 2) {
+        if (f->element[j]->type == REDIS_REPLY_STRING
+            && f->element[j]->len == 1 && f->element[j]->str[0] == 'm'
+            && f->element[j + 1]->type == REDIS_REPLY_STRING)
+        {
+            partial->data = (u_char *) f->element[j + 1]->str;
+            partial->len = f->element[j + 1]->len;
+            return NGX_OK;
+        }
+    }
+
+    return NGX_ERROR;
+}
+
+
+/*
+ * A message on this worker's channel: "<user>\n<origin session>\n<msg id>
+ * \n<stored entry>".  Serialized once, shared by the user's sessions.
+ */
+
+void
+ngx_stream_im_router_deliver(ngx_str_t *payload)
+{
+    u_char                   *p, *end, *nl[3];
+    ngx_str_t                 user, id, partial;
+    ngx_uint_t                i;
+    ngx_queue_t              *q;
+    ngx_atomic_uint_t         origin;
+    ngx_stream_im_msg_t      *msg;
+    ngx_stream_im_user_t     *u;
+    ngx_stream_im_msg_id_t    mid;
+    ngx_stream_im_session_t  *ctx;
+
+    p = payload->data;
+    end = p + payload->len;
+
+    for (i = 0; i < 3; i++) {
+        nl[i] = ngx_strlchr(p, end, '\n');
+
+        if (nl[i] == NULL) {
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                          "malformed message on route channel");
+            return;
+        }
+
+        p = nl[i] + 1;
+    }
+
+    user.data = payload->data;
+    user.len = nl[0] - user.data;
+
+    u = ngx_stream_im_router_user(&user);
+
+    if (u == NULL) {
+        return;
+    }
+
+    origin = 0;
+    p = nl[0] + 1;
+
+    if ((size_t) (nl[1] - p) > ngx_stream_im_sid_prefix.len
+        && ngx_strncmp(p, ngx_stream_im_sid_prefix.data,
+                       ngx_stream_im_sid_prefix.len)
+           == 0)
+    {
+        p += ngx_stream_im_sid_prefix.len;
+        origin = (ngx_atomic_uint_t) ngx_atoi(p, nl[1] - p);
+    }
+
+    id.data = nl[1] + 1;
+    id.len = nl[2] - id.data;
+
+    if (ngx_stream_im_msg_id_parse(id.data, id.len, &mid) != NGX_OK) {
+        return;
+    }
+
+    partial.data = nl[2] + 1;
+    partial.len = end - partial.data;
+
+    msg = ngx_stream_im_router_message(0, &id, &mid, &partial);
+    if (msg == NULL) {
+        return;
+    }
+
+    /* keep the message alive while it is queued on the sessions */
+    msg->refs++;
+
+    for (q = ngx_queue_head(&u->sessions);
+         q != ngx_queue_sentinel(&u->sessions);
+         q = ngx_queue_next(q))
+    {
+        ctx = ngx_queue_data(q, ngx_stream_im_session_t, queue);
+
+        if (ctx->state != NGX_STREAM_IM_OPEN
+            || ctx->session->connection->number == origin)
+        {
+            continue;
+        }
+
+        if (ctx->replaying) {
+            ctx->replay_again = 1;
+            continue;
+        }
+
+        if (mid.ms < ctx->last.ms
+            || (mid.ms == ctx->last.ms && mid.seq <= ctx->last.seq))
+        {
+            continue;
+        }
+
+        if (ngx_stream_im_queue(ctx, msg) != NGX_OK) {
+            continue;
+        }
+
+        ctx->last = mid;
+    }
+
+    ngx_stream_im_msg_release(msg);
+}
+
+
+/*
+ * The Redis link is back: routes may be gone with a restarted Redis and
+ * messages were published while nobody listened, so every session
+ * registers again and replays what it missed.
+ */
+
+void
+ngx_stream_im_router_redis_up(void)
+{
+    ngx_queue_t              *uq, *q;
+    ngx_stream_im_user_t     *u;
+    ngx_stream_im_session_t  *ctx;
+
+    for (uq = ngx_queue_head(&ngx_stream_im_users_all);
+         uq != ngx_queue_sentinel(&ngx_stream_im_users_all);
+         uq = ngx_queue_next(uq))
+    {
+        u = ngx_queue_data(uq, ngx_stream_im_user_t, all);
+
+        for (q = ngx_queue_head(&u->sessions);
+             q != ngx_queue_sentinel(&u->sessions);
+             q = ngx_queue_next(q))
+        {
+            ctx = ngx_queue_data(q, ngx_stream_im_session_t, queue);
+
+            if (!ctx->authenticated || ctx->logging_in) {
+                continue;
+            }
+
+            if (ngx_stream_im_router_route(ctx, NULL, 0) != NGX_OK) {
+                return;
+            }
+
+            if (!ctx->replaying || ctx->replay_paused) {
+                ngx_stream_im_router_replay(ctx);
+            }
+        }
+    }
+}
