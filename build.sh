@@ -91,7 +91,9 @@ build_module() {
     log "building ngx_stream_im_module.so"
     make -s -C "$ngx_src" -f objs/Makefile -j"$(nproc)" \
         objs/ngx_stream_im_module.so
-    cp "$ngx_src/objs/ngx_stream_im_module.so" "$build/"
+    # a new inode: a running nginx keeps the module it has mapped
+    cp "$ngx_src/objs/ngx_stream_im_module.so" "$build/.module.so.tmp"
+    mv -f "$build/.module.so.tmp" "$build/ngx_stream_im_module.so"
 }
 
 

@@ -54,6 +54,12 @@ typedef struct {
     size_t                         max_frame;
     size_t                         send_queue;
     ngx_uint_t                     inbox_max;
+    ngx_uint_t                     max_sessions;
+    ngx_uint_t                     max_unauthenticated;
+    ngx_msec_t                     drain_window;
+    ngx_uint_t                     rate;       /* frames/s, 0: off */
+    ngx_uint_t                     rate_burst;
+    size_t                         rate_bytes; /* bytes/s */
     ngx_flag_t                     enabled;
 } ngx_stream_im_srv_conf_t;
 
@@ -196,6 +202,10 @@ typedef struct {
     ngx_queue_t                    queue;      /* sessions of that user */
     ngx_stream_im_msg_id_t         last;       /* newest entry sent */
 
+    ngx_msec_t                     rate_last;
+    int32_t                        rate_frames; /* thousandths of a frame */
+    int32_t                        rate_bytes;
+
     unsigned                       state:3;
     unsigned                       authenticated:1;
     unsigned                       logging_in:1;
@@ -203,6 +213,7 @@ typedef struct {
     unsigned                       replay_again:1;
     unsigned                       replay_paused:1;
     unsigned                       overflow:1;
+    unsigned                       draining:1;
 } ngx_stream_im_session_t;
 
 
@@ -265,12 +276,17 @@ ngx_int_t ngx_stream_im_send_error(ngx_stream_im_session_t *ctx,
 void ngx_stream_im_close(ngx_stream_im_session_t *ctx, ngx_uint_t status,
     char *reason);
 
+void ngx_stream_im_session_signed_in(ngx_stream_im_session_t *ctx);
 ngx_stream_im_session_t *ngx_stream_im_session_lookup(
     ngx_stream_im_ref_t *ref);
 void ngx_stream_im_session_ref(ngx_stream_im_session_t *ctx,
     ngx_stream_im_ref_t *ref, uint32_t id);
 
 /* Redis adapter */
+#define NGX_STREAM_IM_SCRIPT_SEND      0
+#define NGX_STREAM_IM_SCRIPT_LOGIN     1
+#define NGX_STREAM_IM_SCRIPTS          2
+
 typedef void (*ngx_stream_im_redis_handler_pt)(ngx_stream_im_session_t *ctx,
     ngx_stream_im_ref_t *ref, redisReply *r);
 
@@ -280,9 +296,10 @@ ngx_int_t ngx_stream_im_redis_up(void);
 ngx_str_t *ngx_stream_im_redis_channel(void);
 ngx_int_t ngx_stream_im_redis_command(ngx_uint_t argc, ngx_str_t *argv,
     ngx_stream_im_redis_handler_pt handler, ngx_stream_im_ref_t *ref);
-ngx_int_t ngx_stream_im_redis_send_message(ngx_uint_t nkeys, ngx_str_t *keys,
-    ngx_uint_t nargs, ngx_str_t *args, ngx_stream_im_redis_handler_pt handler,
-    ngx_stream_im_ref_t *ref);
+ngx_int_t ngx_stream_im_redis_eval(ngx_uint_t script, ngx_uint_t nkeys,
+    ngx_str_t *keys, ngx_uint_t nargs, ngx_str_t *args,
+    ngx_stream_im_redis_handler_pt handler, ngx_stream_im_ref_t *ref);
+void ngx_stream_im_redis_exit_worker(void);
 
 /* routing: the worker's users, routes in Redis, delivery and replay */
 ngx_int_t ngx_stream_im_router_init_worker(ngx_cycle_t *cycle);

@@ -59,7 +59,7 @@ ngx_stream_im_arena_alloc(void *data, size_t size)
 
     p = ngx_align_ptr(a->pos, sizeof(void *));
 
-    if (size > (size_t) (a->end - p)) {
+    if (p > a->end || size > (size_t) (a->end - p)) {
         return NULL;
     }
 

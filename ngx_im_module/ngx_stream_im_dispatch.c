@@ -390,8 +390,8 @@ ngx_stream_im_send(ngx_stream_im_session_t *ctx, Im__Frame *f)
 
     ngx_stream_im_session_ref(ctx, &ref, f->id);
 
-    if (ngx_stream_im_redis_send_message(nkeys, keys, 6, args,
-                                         ngx_stream_im_sent, &ref)
+    if (ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_SEND, nkeys, keys, 6,
+                                 args, ngx_stream_im_sent, &ref)
         != NGX_OK)
     {
         return ngx_stream_im_send_error(ctx, f->id,

@@ -252,7 +252,11 @@ ngx_stream_im_has_token(u_char *p, size_t len, char *token)
             p++;
         }
 
-        e = p++;
+        e = p;
+
+        if (p < end) {
+            p++;
+        }
 
         while (s < e && (*s == ' ' || *s == '\t')) {
             s++;

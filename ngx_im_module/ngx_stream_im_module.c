@@ -26,7 +26,10 @@ static char *ngx_stream_im_token_key(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_stream_im_origins(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_stream_im_rate(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static ngx_int_t ngx_stream_im_init_process(ngx_cycle_t *cycle);
+static void ngx_stream_im_exit_process(ngx_cycle_t *cycle);
 
 
 static ngx_conf_num_bounds_t  ngx_stream_im_max_frame_bounds = {
@@ -36,6 +39,11 @@ static ngx_conf_num_bounds_t  ngx_stream_im_max_frame_bounds = {
 
 static ngx_conf_num_bounds_t  ngx_stream_im_inbox_max_bounds = {
     ngx_conf_check_num_bounds, 1, 100000000
+};
+
+
+static ngx_conf_num_bounds_t  ngx_stream_im_count_bounds = {
+    ngx_conf_check_num_bounds, 1, 1000000
 };
 
 
@@ -104,6 +112,34 @@ static ngx_command_t  ngx_stream_im_commands[] = {
       offsetof(ngx_stream_im_srv_conf_t, inbox_max),
       &ngx_stream_im_inbox_max_bounds },
 
+    { ngx_string("im_max_sessions_per_user"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_im_srv_conf_t, max_sessions),
+      &ngx_stream_im_count_bounds },
+
+    { ngx_string("im_max_unauthenticated"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_im_srv_conf_t, max_unauthenticated),
+      &ngx_stream_im_count_bounds },
+
+    { ngx_string("im_drain_window"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_im_srv_conf_t, drain_window),
+      NULL },
+
+    { ngx_string("im_rate"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE123,
+      ngx_stream_im_rate,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("im_origins"),
       NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_1MORE,
       ngx_stream_im_origins,
@@ -137,7 +173,7 @@ ngx_module_t  ngx_stream_im_module = {
     ngx_stream_im_init_process,            /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
-    NULL,                                  /* exit process */
+    ngx_stream_im_exit_process,            /* exit process */
     NULL,                                  /* exit master */
     NGX_MODULE_V1_PADDING
 };
@@ -214,6 +250,12 @@ ngx_stream_im_create_srv_conf(ngx_conf_t *cf)
     iscf->max_frame = NGX_CONF_UNSET_SIZE;
     iscf->send_queue = NGX_CONF_UNSET_SIZE;
     iscf->inbox_max = NGX_CONF_UNSET_UINT;
+    iscf->max_sessions = NGX_CONF_UNSET_UINT;
+    iscf->max_unauthenticated = NGX_CONF_UNSET_UINT;
+    iscf->drain_window = NGX_CONF_UNSET_MSEC;
+    iscf->rate = NGX_CONF_UNSET_UINT;
+    iscf->rate_burst = NGX_CONF_UNSET_UINT;
+    iscf->rate_bytes = NGX_CONF_UNSET_SIZE;
 
     return iscf;
 }
@@ -242,6 +284,18 @@ ngx_stream_im_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_size_value(conf->max_frame, prev->max_frame, 65536);
     ngx_conf_merge_size_value(conf->send_queue, prev->send_queue, 262144);
     ngx_conf_merge_uint_value(conf->inbox_max, prev->inbox_max, 10000);
+    ngx_conf_merge_uint_value(conf->max_sessions, prev->max_sessions, 16);
+    ngx_conf_merge_uint_value(conf->max_unauthenticated,
+                              prev->max_unauthenticated, 4096);
+    ngx_conf_merge_msec_value(conf->drain_window, prev->drain_window, 10000);
+
+    if (conf->rate == NGX_CONF_UNSET_UINT) {
+        conf->rate = (prev->rate == NGX_CONF_UNSET_UINT) ? 100 : prev->rate;
+        conf->rate_burst = (prev->rate_burst == NGX_CONF_UNSET_UINT)
+                           ? 200 : prev->rate_burst;
+        conf->rate_bytes = (prev->rate_bytes == NGX_CONF_UNSET_SIZE)
+                           ? 1048576 : prev->rate_bytes;
+    }
 
     if (conf->ping_interval == 0 || conf->auth_timeout == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -260,6 +314,13 @@ ngx_stream_im_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
     if (conf->send_queue < 2 * conf->max_frame) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"im_send_queue\" must be at least twice "
+                           "\"im_max_frame\"");
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->rate && 2 * conf->rate_bytes < conf->max_frame) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"im_rate\" bytes must be at least half of "
                            "\"im_max_frame\"");
         return NGX_CONF_ERROR;
     }
@@ -508,6 +569,91 @@ invalid:
 }
 
 
+/* im_rate off | <n>r/s [burst=<n>] [bytes=<size>] */
+
+static char *
+ngx_stream_im_rate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_stream_im_srv_conf_t *iscf = conf;
+
+    ssize_t      size;
+    ngx_int_t    n;
+    ngx_str_t   *value, s;
+    ngx_uint_t   i;
+
+    if (iscf->rate != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    i = 1;
+
+    if (ngx_strcmp(value[1].data, "off") == 0) {
+        if (cf->args->nelts != 2) {
+            return "takes no parameters with \"off\"";
+        }
+
+        iscf->rate = 0;
+        iscf->rate_burst = 0;
+        iscf->rate_bytes = 0;
+
+        return NGX_CONF_OK;
+    }
+
+    if (value[1].len < 4
+        || ngx_strncmp(value[1].data + value[1].len - 3, "r/s", 3) != 0
+        || (n = ngx_atoi(value[1].data, value[1].len - 3)) <= 0)
+    {
+        goto invalid;
+    }
+
+    iscf->rate = n;
+    iscf->rate_burst = 2 * n;
+    iscf->rate_bytes = 1048576;
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "burst=", 6) == 0) {
+            n = ngx_atoi(value[i].data + 6, value[i].len - 6);
+
+            if (n <= 0) {
+                goto invalid;
+            }
+
+            iscf->rate_burst = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "bytes=", 6) == 0) {
+            s.data = value[i].data + 6;
+            s.len = value[i].len - 6;
+
+            size = ngx_parse_size(&s);
+
+            if (size <= 0 || size > 0x3fffffff) {
+                goto invalid;
+            }
+
+            iscf->rate_bytes = size;
+            continue;
+        }
+
+        goto invalid;
+    }
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid im_rate \"%V\", expected "
+                       "off or <n>r/s [burst=<n>] [bytes=<size>]",
+                       &value[i < cf->args->nelts ? i : 1]);
+
+    return NGX_CONF_ERROR;
+}
+
+
 static ngx_int_t
 ngx_stream_im_init_process(ngx_cycle_t *cycle)
 {
@@ -544,6 +690,19 @@ ngx_stream_im_init_process(ngx_cycle_t *cycle)
     }
 
     return ngx_stream_im_redis_init_worker(cycle, imcf->redis);
+}
+
+
+static void
+ngx_stream_im_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_stream_im_main_conf_t  *imcf;
+
+    imcf = ngx_stream_cycle_get_module_main_conf(cycle, ngx_stream_im_module);
+
+    if (imcf && imcf->enabled) {
+        ngx_stream_im_redis_exit_worker();
+    }
 }
 
 

@@ -44,6 +44,12 @@ typedef struct {
 
 
 typedef struct {
+    ngx_str_t                       text;
+    u_char                          sha[41];
+} ngx_stream_im_redis_script_t;
+
+
+typedef struct {
     ngx_connection_t               *connection;
     redisReader                    *reader;
 
@@ -104,52 +110,77 @@ static ngx_stream_im_redis_t  ngx_stream_im_redis;
 
 static u_char  ngx_stream_im_redis_buf[NGX_STREAM_IM_REDIS_BUF];
 
-static ngx_str_t  ngx_stream_im_redis_send_script = ngx_string(
-    "local function publish(user, routes, id, origin)\n"
-    "  local seen = {}\n"
-    "  local r = redis.call('HGETALL', routes)\n"
-    "  for i = 1, #r, 2 do\n"
-    "    local ch = r[i + 1]\n"
-    "    if seen[ch] == nil then\n"
-    "      seen[ch] = redis.call('EXISTS', ch .. ':alive')\n"
-    "      if seen[ch] == 1 then\n"
-    "        redis.call('PUBLISH', ch, user .. '\\n' .. origin .. '\\n'\n"
-    "                   .. id .. '\\n' .. ARGV[1])\n"
-    "      end\n"
-    "    end\n"
-    "    if seen[ch] == 0 then redis.call('HDEL', routes, r[i]) end\n"
-    "  end\n"
-    "end\n"
-    "if #KEYS == 5 then\n"
-    "  local prev = redis.call('GET', KEYS[5])\n"
-    "  if prev then return {prev, ARGV[6]} end\n"
-    "end\n"
-    "local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*',\n"
-    "                      'm', ARGV[1])\n"
-    "local own = id\n"
-    "if KEYS[3] ~= KEYS[1] then\n"
-    "  own = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*',\n"
-    "                   'm', ARGV[1])\n"
-    "end\n"
-    "if #KEYS == 5 then\n"
-    "  redis.call('SET', KEYS[5], own, 'EX', 86400)\n"
-    "end\n"
-    "publish(ARGV[3], KEYS[2], id, ARGV[5])\n"
-    "if KEYS[3] ~= KEYS[1] then\n"
-    "  publish(ARGV[4], KEYS[4], own, ARGV[5])\n"
-    "end\n"
-    "return {own, ARGV[6]}\n");
+/*
+ * The scripts: "send" dedups, stores into both inboxes and publishes to
+ * the live routes; "login" drops routes of dead workers, enforces the
+ * per-user session cap, adds the route and reads the device's cursor.
+ */
 
-static u_char  ngx_stream_im_redis_send_sha[41];
+static ngx_stream_im_redis_script_t  ngx_stream_im_redis_scripts[] = {
+
+    { ngx_string(
+          "local function publish(user, routes, id, origin)\n"
+          "  local seen = {}\n"
+          "  local r = redis.call('HGETALL', routes)\n"
+          "  for i = 1, #r, 2 do\n"
+          "    local ch = r[i + 1]\n"
+          "    if seen[ch] == nil then\n"
+          "      seen[ch] = redis.call('EXISTS', ch .. ':alive')\n"
+          "      if seen[ch] == 1 then\n"
+          "        redis.call('PUBLISH', ch, user .. '\\n' .. origin .. '\\n'\n"
+          "                   .. id .. '\\n' .. ARGV[1])\n"
+          "      end\n"
+          "    end\n"
+          "    if seen[ch] == 0 then redis.call('HDEL', routes, r[i]) end\n"
+          "  end\n"
+          "end\n"
+          "if #KEYS == 5 then\n"
+          "  local prev = redis.call('GET', KEYS[5])\n"
+          "  if prev then return {prev, ARGV[6]} end\n"
+          "end\n"
+          "local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*',\n"
+          "                      'm', ARGV[1])\n"
+          "local own = id\n"
+          "if KEYS[3] ~= KEYS[1] then\n"
+          "  own = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*',\n"
+          "                   'm', ARGV[1])\n"
+          "end\n"
+          "if #KEYS == 5 then\n"
+          "  redis.call('SET', KEYS[5], own, 'EX', 86400)\n"
+          "end\n"
+          "publish(ARGV[3], KEYS[2], id, ARGV[5])\n"
+          "if KEYS[3] ~= KEYS[1] then\n"
+          "  publish(ARGV[4], KEYS[4], own, ARGV[5])\n"
+          "end\n"
+          "return {own, ARGV[6]}\n"),
+      "" },
+    { ngx_string(
+          "local r = redis.call('HGETALL', KEYS[1])\n"
+          "local alive, n = {}, 0\n"
+          "for i = 1, #r, 2 do\n"
+          "  local ch = r[i + 1]\n"
+          "  if alive[ch] == nil then\n"
+          "    alive[ch] = redis.call('EXISTS', ch .. ':alive')\n"
+          "  end\n"
+          "  if alive[ch] == 1 then n = n + 1\n"
+          "  else redis.call('HDEL', KEYS[1], r[i]) end\n"
+          "end\n"
+          "if n >= tonumber(ARGV[4]) then return {0, ''} end\n"
+          "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
+          "return {1, redis.call('HGET', KEYS[2], ARGV[3]) or ''}\n"),
+      "" }
+};
 
 
 ngx_int_t
 ngx_stream_im_redis_init_worker(ngx_cycle_t *cycle, ngx_addr_t *addr)
 {
-    u_char                 *p;
-    ngx_sha1_t              sha1;
-    ngx_stream_im_redis_t  *rd;
-    u_char                  digest[20];
+    u_char                        *p;
+    ngx_uint_t                     i;
+    ngx_sha1_t                     sha1;
+    ngx_stream_im_redis_t         *rd;
+    ngx_stream_im_redis_script_t  *sc;
+    u_char                         digest[20];
 
     rd = &ngx_stream_im_redis;
 
@@ -173,11 +204,14 @@ ngx_stream_im_redis_init_worker(ngx_cycle_t *cycle, ngx_addr_t *addr)
     p = ngx_cpymem(p, ":alive", sizeof(":alive") - 1);
     rd->alive.len = p - rd->alive.data;
 
-    ngx_sha1_init(&sha1);
-    ngx_sha1_update(&sha1, ngx_stream_im_redis_send_script.data,
-                    ngx_stream_im_redis_send_script.len);
-    ngx_sha1_final(digest, &sha1);
-    ngx_hex_dump(ngx_stream_im_redis_send_sha, digest, sizeof(digest));
+    sc = ngx_stream_im_redis_scripts;
+
+    for (i = 0; i < NGX_STREAM_IM_SCRIPTS; i++) {
+        ngx_sha1_init(&sha1);
+        ngx_sha1_update(&sha1, sc[i].text.data, sc[i].text.len);
+        ngx_sha1_final(digest, &sha1);
+        ngx_hex_dump(sc[i].sha, digest, sizeof(digest));
+    }
 
     rd->reconnect.handler = ngx_stream_im_redis_reconnect_handler;
     rd->reconnect.log = cycle->log;
@@ -228,7 +262,7 @@ ngx_stream_im_redis_command(ngx_uint_t argc, ngx_str_t *argv,
 
 
 ngx_int_t
-ngx_stream_im_redis_send_message(ngx_uint_t nkeys, ngx_str_t *keys,
+ngx_stream_im_redis_eval(ngx_uint_t script, ngx_uint_t nkeys, ngx_str_t *keys,
     ngx_uint_t nargs, ngx_str_t *args, ngx_stream_im_redis_handler_pt handler,
     ngx_stream_im_ref_t *ref)
 {
@@ -241,7 +275,7 @@ ngx_stream_im_redis_send_message(ngx_uint_t nkeys, ngx_str_t *keys,
     ngx_str_set(&argv[n], "EVALSHA");
     n++;
 
-    argv[n].data = ngx_stream_im_redis_send_sha;
+    argv[n].data = ngx_stream_im_redis_scripts[script].sha;
     argv[n].len = 40;
     n++;
 
@@ -258,6 +292,32 @@ ngx_stream_im_redis_send_message(ngx_uint_t nkeys, ngx_str_t *keys,
     }
 
     return ngx_stream_im_redis_command(n, argv, handler, ref);
+}
+
+
+/* the worker is leaving: its routes are dead now, not in 15 seconds */
+
+void
+ngx_stream_im_redis_exit_worker(void)
+{
+    ngx_str_t                    argv[2];
+    ngx_stream_im_redis_t       *rd;
+    ngx_stream_im_redis_conn_t  *rc;
+
+    rd = &ngx_stream_im_redis;
+    rc = &rd->cmd;
+
+    if (rd->state != NGX_STREAM_IM_REDIS_UP) {
+        return;
+    }
+
+    ngx_str_set(&argv[0], "DEL");
+    argv[1] = rd->alive;
+
+    if (ngx_stream_im_redis_append(rc, 2, argv) == NGX_OK) {
+        (void) rc->connection->send(rc->connection, rc->out + rc->out_pos,
+                                    rc->out_len - rc->out_pos);
+    }
 }
 
 
@@ -327,6 +387,7 @@ ngx_stream_im_redis_connect_one(ngx_stream_im_redis_conn_t *rc)
 static void
 ngx_stream_im_redis_connected(ngx_stream_im_redis_conn_t *rc)
 {
+    ngx_uint_t              i;
     ngx_str_t               argv[3];
     ngx_stream_im_redis_t  *rd;
 
@@ -344,18 +405,20 @@ ngx_stream_im_redis_connected(ngx_stream_im_redis_conn_t *rc)
      */
 
     rd->state = NGX_STREAM_IM_REDIS_LOADING;
-    rd->pending = 2;
+    rd->pending = NGX_STREAM_IM_SCRIPTS + 1;
 
-    ngx_str_set(&argv[0], "SCRIPT");
-    ngx_str_set(&argv[1], "LOAD");
-    argv[2] = ngx_stream_im_redis_send_script;
+    for (i = 0; i < NGX_STREAM_IM_SCRIPTS; i++) {
+        ngx_str_set(&argv[0], "SCRIPT");
+        ngx_str_set(&argv[1], "LOAD");
+        argv[2] = ngx_stream_im_redis_scripts[i].text;
 
-    if (ngx_stream_im_redis_send(&rd->cmd, 3, argv,
-                                 ngx_stream_im_redis_loaded, NULL)
-        != NGX_OK)
-    {
-        ngx_stream_im_redis_fail("no memory");
-        return;
+        if (ngx_stream_im_redis_send(&rd->cmd, 3, argv,
+                                     ngx_stream_im_redis_loaded, NULL)
+            != NGX_OK)
+        {
+            ngx_stream_im_redis_fail("no memory");
+            return;
+        }
     }
 
     ngx_str_set(&argv[0], "SUBSCRIBE");
@@ -425,9 +488,6 @@ ngx_stream_im_redis_fail(char *why)
         return;
     }
 
-    ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
-                  "redis %V: %s, reconnecting", &rd->addr->name, why);
-
     rd->state = NGX_STREAM_IM_REDIS_DOWN;
 
     ngx_stream_im_redis_close_one(&rd->cmd);
@@ -438,8 +498,14 @@ ngx_stream_im_redis_fail(char *why)
     }
 
     if (ngx_exiting || ngx_terminate || ngx_quit) {
+        ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                      "redis %V: %s, worker is exiting", &rd->addr->name,
+                      why);
         return;
     }
+
+    ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                  "redis %V: %s, reconnecting", &rd->addr->name, why);
 
     /* capped exponential backoff, jittered so workers do not stampede */
 
@@ -539,6 +605,11 @@ ngx_stream_im_redis_read_handler(ngx_event_t *rev)
 
     c = rev->data;
     rc = c->data;
+
+    if (c->close) {
+        ngx_stream_im_redis_fail("shutdown timeout");
+        return;
+    }
 
     for ( ;; ) {
         n = c->recv(c, ngx_stream_im_redis_buf, NGX_STREAM_IM_REDIS_BUF);

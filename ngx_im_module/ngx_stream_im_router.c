@@ -157,39 +157,46 @@ static ngx_int_t
 ngx_stream_im_router_route(ngx_stream_im_session_t *ctx,
     ngx_stream_im_redis_handler_pt handler, uint32_t id)
 {
-    u_char               *p;
-    ngx_str_t             argv[4];
-    ngx_stream_im_ref_t   ref;
-    u_char                key[NGX_STREAM_IM_KEY_MAX];
-    u_char                cursor[NGX_STREAM_IM_KEY_MAX];
-    u_char                sid[NGX_STREAM_IM_SID_MAX];
+    ngx_str_t                  keys[2], args[4];
+    ngx_stream_im_ref_t        ref;
+    ngx_stream_im_srv_conf_t  *iscf;
+    u_char                     key[NGX_STREAM_IM_KEY_MAX];
+    u_char                     cursor[NGX_STREAM_IM_KEY_MAX];
+    u_char                     sid[NGX_STREAM_IM_SID_MAX];
+    u_char                     max[NGX_INT_T_LEN];
 
-    p = ngx_stream_im_router_key(key, "u", &ctx->user, "routes");
-
-    ngx_str_set(&argv[0], "HSET");
-    argv[1].data = key;
-    argv[1].len = p - key;
-    argv[2] = *ngx_stream_im_router_session_id(ctx, sid);
-    argv[3] = *ngx_stream_im_redis_channel();
-
-    if (ngx_stream_im_redis_command(4, argv, NULL, NULL) != NGX_OK) {
-        return NGX_ERROR;
-    }
+    keys[0].data = key;
+    keys[0].len = ngx_stream_im_router_key(key, "u", &ctx->user, "routes")
+                  - key;
 
     if (handler == NULL) {
-        return NGX_OK;
+
+        /* re-registration after Redis came back */
+
+        ngx_str_set(&args[0], "HSET");
+        args[1] = keys[0];
+        args[2] = *ngx_stream_im_router_session_id(ctx, sid);
+        args[3] = *ngx_stream_im_redis_channel();
+
+        return ngx_stream_im_redis_command(4, args, NULL, NULL);
     }
 
-    p = ngx_stream_im_router_key(cursor, "u", &ctx->user, "cursor");
+    iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
 
-    ngx_str_set(&argv[0], "HGET");
-    argv[1].data = cursor;
-    argv[1].len = p - cursor;
-    argv[2] = ctx->device;
+    keys[1].data = cursor;
+    keys[1].len = ngx_stream_im_router_key(cursor, "u", &ctx->user, "cursor")
+                  - cursor;
+
+    args[0] = *ngx_stream_im_router_session_id(ctx, sid);
+    args[1] = *ngx_stream_im_redis_channel();
+    args[2] = ctx->device;
+    args[3].data = max;
+    args[3].len = ngx_sprintf(max, "%ui", iscf->max_sessions) - max;
 
     ngx_stream_im_session_ref(ctx, &ref, id);
 
-    return ngx_stream_im_redis_command(3, argv, handler, &ref);
+    return ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_LOGIN, 2, keys, 4,
+                                    args, handler, &ref);
 }
 
 
@@ -205,7 +212,12 @@ ngx_stream_im_router_logged_in(ngx_stream_im_session_t *ctx,
 
     ctx->logging_in = 0;
 
-    if (r == NULL || r->type == REDIS_REPLY_ERROR) {
+    /* the login script's reply: [1, cursor or ""] or [0, ""] when full */
+
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2
+        || r->element[0]->type != REDIS_REPLY_INTEGER
+        || r->element[1]->type != REDIS_REPLY_STRING)
+    {
         ngx_stream_im_router_remove(ctx);
 
         (void) ngx_stream_im_send_error(ctx, ref->id,
@@ -214,14 +226,32 @@ ngx_stream_im_router_logged_in(ngx_stream_im_session_t *ctx,
         return;
     }
 
-    if (r->type == REDIS_REPLY_STRING
-        && ngx_stream_im_msg_id_parse((u_char *) r->str, r->len, &ctx->last)
-           != NGX_OK)
+    if (r->element[0]->integer == 0) {
+        ngx_stream_im_router_remove(ctx);
+
+        ngx_log_error(NGX_LOG_INFO, ctx->session->connection->log, 0,
+                      "user \"%V\" has too many sessions", &ctx->user);
+
+        if (ngx_stream_im_send_error(ctx, ref->id,
+                                     IM__ERROR__CODE__FORBIDDEN,
+                                     "too many sessions")
+            == NGX_OK)
+        {
+            ngx_stream_im_close(ctx, NGX_STREAM_IM_CLOSE_POLICY,
+                                "too many sessions");
+        }
+
+        return;
+    }
+
+    if (ngx_stream_im_msg_id_parse((u_char *) r->element[1]->str,
+                                   r->element[1]->len, &ctx->last)
+        != NGX_OK)
     {
         ngx_memzero(&ctx->last, sizeof(ngx_stream_im_msg_id_t));
     }
 
-    ctx->authenticated = 1;
+    ngx_stream_im_session_signed_in(ctx);
 
     iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
 

@@ -51,6 +51,9 @@ static ngx_int_t ngx_stream_im_message(ngx_stream_im_session_t *ctx,
 static ngx_int_t ngx_stream_im_send_control(ngx_stream_im_session_t *ctx,
     ngx_uint_t opcode, u_char *data, size_t len);
 static ngx_int_t ngx_stream_im_flush(ngx_stream_im_session_t *ctx);
+static void ngx_stream_im_drain(ngx_stream_im_session_t *ctx);
+static ngx_int_t ngx_stream_im_rate(ngx_stream_im_session_t *ctx,
+    ngx_uint_t frames, size_t bytes);
 static void ngx_stream_im_free_partial(ngx_stream_im_session_t *ctx);
 static void ngx_stream_im_finalize(ngx_stream_im_session_t *ctx);
 static void ngx_stream_im_cleanup(void *data);
@@ -58,6 +61,7 @@ static void ngx_stream_im_cleanup(void *data);
 
 static u_char               *ngx_stream_im_recv_buf;
 static ngx_stream_im_msg_t  *ngx_stream_im_ping_msg;
+static ngx_uint_t            ngx_stream_im_unauthenticated;
 
 
 ngx_int_t
@@ -90,6 +94,7 @@ ngx_stream_im_session_init_worker(ngx_cycle_t *cycle)
 void
 ngx_stream_im_session_handler(ngx_stream_session_t *s)
 {
+    ngx_str_t                  response;
     ngx_connection_t          *c;
     ngx_pool_cleanup_t        *cln;
     ngx_stream_im_session_t   *ctx;
@@ -119,11 +124,35 @@ ngx_stream_im_session_handler(ngx_stream_session_t *s)
     ctx->out_last = &ctx->out;
     ctx->start = ngx_current_msec;
     ctx->last_in = ctx->start;
+    ctx->rate_last = ctx->start;
+    ctx->rate_frames = (int32_t) iscf->rate_burst * 1000;
+    ctx->rate_bytes = (int32_t) iscf->rate_bytes * 2;
 
     ngx_stream_set_ctx(s, ctx, ngx_stream_im_module);
 
     c->read->handler = ngx_stream_im_read_handler;
     c->write->handler = ngx_stream_im_write_handler;
+
+    ngx_stream_im_unauthenticated++;
+
+    if (ngx_stream_im_unauthenticated > iscf->max_unauthenticated) {
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "too many unauthenticated connections, "
+                      "im_max_unauthenticated is %ui",
+                      iscf->max_unauthenticated);
+
+        if (ngx_stream_im_handshake_error(503, &response) != NGX_OK
+            || ngx_stream_im_send_raw(ctx, response.data, response.len)
+               != NGX_OK)
+        {
+            ngx_stream_finalize_session(s, NGX_STREAM_INTERNAL_SERVER_ERROR);
+            return;
+        }
+
+        ctx->state = NGX_STREAM_IM_LAST_WRITE;
+        ngx_add_timer(c->read, NGX_STREAM_IM_CLOSE_TIMEOUT);
+        return;
+    }
 
     /* the handshake and then Auth must both come within im_auth_timeout */
 
@@ -154,12 +183,18 @@ ngx_stream_im_read_handler(ngx_event_t *rev)
         return;
     }
 
-    if (c->close && ctx->state == NGX_STREAM_IM_OPEN) {
-        c->log->action = "closing WebSocket";
-        ngx_log_error(NGX_LOG_INFO, c->log, 0, "worker is shutting down");
-        ngx_stream_im_close(ctx, NGX_STREAM_IM_CLOSE_GOING_AWAY,
-                            "server shutting down");
-        return;
+    if (c->close) {
+
+        if (ctx->draining || ctx->state != NGX_STREAM_IM_OPEN) {
+
+            /* worker_shutdown_timeout: no more waiting */
+
+            ngx_stream_im_finalize(ctx);
+            return;
+        }
+
+        c->close = 0;
+        ngx_stream_im_drain(ctx);
     }
 
     ngx_memzero(&b, sizeof(ngx_buf_t));
@@ -180,6 +215,8 @@ ngx_stream_im_read_handler(ngx_event_t *rev)
         }
 
         ctx->last_in = ngx_current_msec;
+
+        (void) ngx_stream_im_rate(ctx, 0, n);
 
         b.pos = ngx_stream_im_recv_buf;
         b.last = b.pos + n;
@@ -234,6 +271,12 @@ ngx_stream_im_timeout(ngx_stream_im_session_t *ctx)
 
     c = ctx->session->connection;
     iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
+
+    if (ctx->draining && ctx->state == NGX_STREAM_IM_OPEN) {
+        ngx_stream_im_close(ctx, NGX_STREAM_IM_CLOSE_GOING_AWAY,
+                            "server restarting");
+        return;
+    }
 
     switch (ctx->state) {
 
@@ -485,6 +528,11 @@ ngx_stream_im_upgrade(ngx_stream_im_session_t *ctx,
     c->idle = 1;
     c->log->action = "processing WebSocket frames";
 
+    if (ngx_exiting) {
+        ngx_stream_im_drain(ctx);
+        return NGX_OK;
+    }
+
     ngx_stream_im_set_timer(ctx);
 
     return NGX_OK;
@@ -563,6 +611,32 @@ ngx_stream_im_chunk(ngx_stream_im_session_t *ctx,
     ngx_stream_im_ws_chunk_t *ch)
 {
     ngx_int_t  rc;
+
+    if (ch->last && ch->opcode != NGX_STREAM_IM_WS_CLOSE) {
+        rc = ngx_stream_im_rate(ctx, 1, 0);
+
+        if (rc == NGX_ABORT) {
+            return NGX_OK;
+        }
+
+        if (rc == NGX_DECLINED) {
+
+            /* over the rate: the frame is dropped, a request is told so */
+
+            ngx_stream_im_free_partial(ctx);
+
+            if (ch->opcode != NGX_STREAM_IM_WS_BINARY) {
+                return NGX_OK;
+            }
+
+            ngx_log_error(NGX_LOG_INFO, ctx->session->connection->log, 0,
+                          "client is over im_rate");
+
+            return ngx_stream_im_send_error(ctx, 0,
+                                            IM__ERROR__CODE__RATE_LIMITED,
+                                            "over the rate limit");
+        }
+    }
 
     if (ch->opcode != NGX_STREAM_IM_WS_BINARY) {
 
@@ -1100,6 +1174,113 @@ ngx_stream_im_flush(ngx_stream_im_session_t *ctx)
 }
 
 
+/*
+ * The worker is exiting (reload, upgrade): each session is told when to
+ * reconnect, spread over im_drain_window so the new workers are not hit
+ * all at once, and is served until then.
+ */
+
+static void
+ngx_stream_im_drain(ngx_stream_im_session_t *ctx)
+{
+    Im__Frame                  f;
+    Im__Goaway                 goaway;
+    ngx_msec_t                 delay;
+    ngx_connection_t          *c;
+    ngx_stream_im_srv_conf_t  *iscf;
+
+    c = ctx->session->connection;
+    iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
+
+    delay = iscf->drain_window ? ngx_random() % iscf->drain_window : 0;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_STREAM, c->log, 0,
+                   "im drain, reconnect after %M", delay);
+
+    im__frame__init(&f);
+    im__goaway__init(&goaway);
+
+    goaway.reconnect_after_ms = delay;
+
+    f.body_case = IM__FRAME__BODY_GOAWAY;
+    f.goaway = &goaway;
+
+    ctx->draining = 1;
+
+    if (ngx_stream_im_send_frame(ctx, &f) != NGX_OK) {
+        ngx_stream_im_finalize(ctx);
+        return;
+    }
+
+    /* the worker waits for this timer: the session ends in time */
+
+    c->read->cancelable = 0;
+    ngx_add_timer(c->read, delay + 1);
+}
+
+
+/*
+ * Token buckets on frames and bytes: a frame over the rate is refused,
+ * a client that keeps on past the burst is cut off.
+ */
+
+static ngx_int_t
+ngx_stream_im_rate(ngx_stream_im_session_t *ctx, ngx_uint_t frames,
+    size_t bytes)
+{
+    int64_t                    f, b, elapsed;
+    ngx_msec_t                 now;
+    ngx_stream_im_srv_conf_t  *iscf;
+
+    iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
+
+    if (iscf->rate == 0 || ctx->state != NGX_STREAM_IM_OPEN) {
+        return NGX_OK;
+    }
+
+    now = ngx_current_msec;
+    elapsed = ngx_min((int64_t) (now - ctx->rate_last), 60000);
+    ctx->rate_last = now;
+
+    f = ctx->rate_frames + elapsed * (int64_t) iscf->rate;
+    f = ngx_min(f, (int64_t) iscf->rate_burst * 1000);
+    f -= (int64_t) frames * 1000;
+
+    b = ctx->rate_bytes + elapsed * (int64_t) iscf->rate_bytes / 1000;
+    b = ngx_min(b, (int64_t) iscf->rate_bytes * 2);
+    b -= (int64_t) bytes;
+
+    ctx->rate_frames = (int32_t) ngx_max(f, INT32_MIN);
+    ctx->rate_bytes = (int32_t) ngx_max(b, INT32_MIN);
+
+    if (f >= 0 && b >= 0) {
+        return NGX_OK;
+    }
+
+    if (f > -(int64_t) iscf->rate_burst * 1000
+        && b > -(int64_t) iscf->rate_bytes * 2)
+    {
+        return NGX_DECLINED;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, ctx->session->connection->log, 0,
+                  "client exceeded im_rate, cut off");
+
+    ngx_stream_im_close(ctx, NGX_STREAM_IM_CLOSE_POLICY,
+                        "rate limit exceeded");
+
+    return NGX_ABORT;
+}
+
+
+void
+ngx_stream_im_session_signed_in(ngx_stream_im_session_t *ctx)
+{
+    ctx->authenticated = 1;
+    ngx_stream_im_unauthenticated--;
+}
+
+
 static void
 ngx_stream_im_free_partial(ngx_stream_im_session_t *ctx)
 {
@@ -1137,6 +1318,10 @@ ngx_stream_im_cleanup(void *data)
     ngx_stream_im_session_t *ctx = data;
 
     ngx_stream_im_out_t  *out;
+
+    if (!ctx->authenticated) {
+        ngx_stream_im_unauthenticated--;
+    }
 
     ngx_stream_im_router_logout(ctx);
     ngx_stream_im_free_partial(ctx);
