@@ -307,17 +307,24 @@ ngx_stream_im_redis_exit_worker(void)
     rd = &ngx_stream_im_redis;
     rc = &rd->cmd;
 
-    if (rd->state != NGX_STREAM_IM_REDIS_UP) {
-        return;
+    if (rd->state == NGX_STREAM_IM_REDIS_UP) {
+        ngx_str_set(&argv[0], "DEL");
+        argv[1] = rd->alive;
+
+        if (ngx_stream_im_redis_append(rc, 2, argv) == NGX_OK) {
+            (void) rc->connection->send(rc->connection, rc->out + rc->out_pos,
+                                        rc->out_len - rc->out_pos);
+        }
     }
 
-    ngx_str_set(&argv[0], "DEL");
-    argv[1] = rd->alive;
+    /* no session waits for a reply any more */
 
-    if (ngx_stream_im_redis_append(rc, 2, argv) == NGX_OK) {
-        (void) rc->connection->send(rc->connection, rc->out + rc->out_pos,
-                                    rc->out_len - rc->out_pos);
-    }
+    rd->state = NGX_STREAM_IM_REDIS_DOWN;
+    rd->cmd.cb_count = 0;
+    rd->sub.cb_count = 0;
+
+    ngx_stream_im_redis_close_one(&rd->cmd);
+    ngx_stream_im_redis_close_one(&rd->sub);
 }
 
 
