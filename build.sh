@@ -136,10 +136,16 @@ build_tools() {
         -I"$ngx_src/objs/addon/im_proto" -I"$top/ngx_im_module"
     )
 
+    local pb=$ngx_src/objs/addon/im_proto
+
     log "building tools"
     cc -g -O2 -Wall -Wextra -Wno-unused-parameter -Werror "${incs[@]}" \
         "$top/tools/im_token.c" "$top/ngx_im_module/ngx_stream_im_auth.c" \
         -lsodium -ljansson -o "$build/im-token"
+
+    cc -g -O2 -Wall -Wextra -Wno-unused-parameter -Werror -I"$pb" \
+        "$top/tools/imcat.c" "$top/tools/im_client.c" "$pb/im.pb-c.c" \
+        -lprotobuf-c -lsodium -lcrypto -o "$build/imcat"
 }
 
 

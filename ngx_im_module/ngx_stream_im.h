@@ -57,6 +57,8 @@ typedef struct {
     ngx_uint_t                     max_sessions;
     ngx_uint_t                     max_unauthenticated;
     ngx_msec_t                     drain_window;
+    ngx_uint_t                     group_max;
+    ngx_uint_t                     presence_max;
     ngx_uint_t                     rate;       /* frames/s, 0: off */
     ngx_uint_t                     rate_burst;
     size_t                         rate_bytes; /* bytes/s */
@@ -200,9 +202,11 @@ typedef struct {
     ngx_str_t                      device;
     void                          *owner;      /* the worker's user entry */
     ngx_queue_t                    queue;      /* sessions of that user */
+    ngx_queue_t                    watching;   /* presence watchers */
     ngx_stream_im_msg_id_t         last;       /* newest entry sent */
 
     ngx_msec_t                     rate_last;
+    ngx_msec_t                     typing_at;
     int32_t                        rate_frames; /* thousandths of a frame */
     int32_t                        rate_bytes;
 
@@ -285,7 +289,21 @@ void ngx_stream_im_session_ref(ngx_stream_im_session_t *ctx,
 /* Redis adapter */
 #define NGX_STREAM_IM_SCRIPT_SEND      0
 #define NGX_STREAM_IM_SCRIPT_LOGIN     1
-#define NGX_STREAM_IM_SCRIPTS          2
+#define NGX_STREAM_IM_SCRIPT_TYPING    2
+#define NGX_STREAM_IM_SCRIPT_GROUP     3
+#define NGX_STREAM_IM_SCRIPT_LOGOUT    4
+#define NGX_STREAM_IM_SCRIPT_PRESENCE  5
+#define NGX_STREAM_IM_SCRIPTS          6
+
+
+/* a Lua script of ngx_stream_im_scripts.c and its SHA-1 for EVALSHA */
+
+typedef struct {
+    ngx_str_t                      text;
+    u_char                         sha[41];
+} ngx_stream_im_script_t;
+
+extern ngx_stream_im_script_t  ngx_stream_im_scripts[];
 
 typedef void (*ngx_stream_im_redis_handler_pt)(ngx_stream_im_session_t *ctx,
     ngx_stream_im_ref_t *ref, redisReply *r);
@@ -300,6 +318,7 @@ ngx_int_t ngx_stream_im_redis_eval(ngx_uint_t script, ngx_uint_t nkeys,
     ngx_str_t *keys, ngx_uint_t nargs, ngx_str_t *args,
     ngx_stream_im_redis_handler_pt handler, ngx_stream_im_ref_t *ref);
 void ngx_stream_im_redis_exit_worker(void);
+ngx_int_t ngx_stream_im_redis_subscribe(ngx_str_t *argv);
 
 /* routing: the worker's users, routes in Redis, delivery and replay */
 ngx_int_t ngx_stream_im_router_init_worker(ngx_cycle_t *cycle);
@@ -317,6 +336,14 @@ ngx_str_t *ngx_stream_im_router_session_id(ngx_stream_im_session_t *ctx,
     u_char *buf);
 u_char *ngx_stream_im_router_key(u_char *p, char *kind, ngx_str_t *id,
     char *suffix);
+
+/* presence: watchers of users' online state */
+void ngx_stream_im_presence_init_worker(void);
+ngx_int_t ngx_stream_im_presence_sub(ngx_stream_im_session_t *ctx,
+    Im__Frame *f);
+void ngx_stream_im_presence_event(ngx_str_t *user, ngx_str_t *payload);
+void ngx_stream_im_presence_leave(ngx_stream_im_session_t *ctx);
+void ngx_stream_im_presence_redis_up(void);
 
 /* dispatch of decoded client frames */
 ngx_int_t ngx_stream_im_dispatch(ngx_stream_im_session_t *ctx, Im__Frame *f);

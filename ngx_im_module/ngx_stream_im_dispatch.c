@@ -21,14 +21,25 @@
 #define NGX_STREAM_IM_TOKEN_MAX     8192
 #define NGX_STREAM_IM_TYPE_MAX      64
 #define NGX_STREAM_IM_SYNC_MAX      1000
+#define NGX_STREAM_IM_TYPING_EVERY  1000
 
 
 static ngx_int_t ngx_stream_im_ping(ngx_stream_im_session_t *ctx,
     Im__Frame *f);
 static ngx_int_t ngx_stream_im_auth(ngx_stream_im_session_t *ctx,
     Im__Frame *f);
+static ngx_int_t ngx_stream_im_target(ngx_stream_im_session_t *ctx,
+    uint32_t id, char *to, char *group, ngx_str_t *kind, ngx_str_t *target);
 static ngx_int_t ngx_stream_im_send(ngx_stream_im_session_t *ctx,
     Im__Frame *f);
+static void ngx_stream_im_script_error(ngx_stream_im_session_t *ctx,
+    uint32_t id, redisReply *r);
+static ngx_int_t ngx_stream_im_typing(ngx_stream_im_session_t *ctx,
+    Im__Frame *f);
+static ngx_int_t ngx_stream_im_group(ngx_stream_im_session_t *ctx,
+    Im__Frame *f, char *group, char *op);
+static void ngx_stream_im_grouped(ngx_stream_im_session_t *ctx,
+    ngx_stream_im_ref_t *ref, redisReply *r);
 static void ngx_stream_im_sent(ngx_stream_im_session_t *ctx,
     ngx_stream_im_ref_t *ref, redisReply *r);
 static ngx_int_t ngx_stream_im_ack(ngx_stream_im_session_t *ctx,
@@ -108,6 +119,18 @@ ngx_stream_im_dispatch(ngx_stream_im_session_t *ctx, Im__Frame *f)
 
     case IM__FRAME__BODY_SYNC:
         return ngx_stream_im_sync(ctx, f);
+
+    case IM__FRAME__BODY_TYPING:
+        return ngx_stream_im_typing(ctx, f);
+
+    case IM__FRAME__BODY_PRESENCE_SUB:
+        return ngx_stream_im_presence_sub(ctx, f);
+
+    case IM__FRAME__BODY_GROUP_JOIN:
+        return ngx_stream_im_group(ctx, f, f->group_join->group, "join");
+
+    case IM__FRAME__BODY_GROUP_LEAVE:
+        return ngx_stream_im_group(ctx, f, f->group_leave->group, "leave");
 
     default:
         return ngx_stream_im_send_error(ctx, f->id,
@@ -269,8 +292,44 @@ ngx_stream_im_pstrdup(ngx_stream_im_session_t *ctx, ngx_str_t *dst,
 
 
 /*
- * One round trip: the script dedups by client_msg_id, stores into both
- * inboxes and publishes to the live routes; SendAck waits for it.
+ * Exactly one of to and group names the recipients; both are ids that
+ * become parts of Redis keys, so they are checked here.
+ */
+
+static ngx_int_t
+ngx_stream_im_target(ngx_stream_im_session_t *ctx, uint32_t id, char *to,
+    char *group, ngx_str_t *kind, ngx_str_t *target)
+{
+    target->data = (u_char *) (to[0] ? to : group);
+    target->len = ngx_strlen((char *) target->data);
+
+    if ((to[0] == '\0') == (group[0] == '\0')
+        || ngx_stream_im_valid_id(target->data, target->len) != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_INFO, ctx->session->connection->log, 0,
+                      "client sent a bad recipient");
+
+        (void) ngx_stream_im_send_error(ctx, id, IM__ERROR__CODE__BAD_FRAME,
+                                        "need one valid \"to\" or "
+                                        "\"group\"");
+        return NGX_DECLINED;
+    }
+
+    if (to[0]) {
+        ngx_str_set(kind, "u");
+
+    } else {
+        ngx_str_set(kind, "g");
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * One round trip: the script dedups by client_msg_id, stores into the
+ * inbox of every recipient and of the sender, and publishes to the live
+ * routes; SendAck waits for its reply.
  */
 
 static ngx_int_t
@@ -279,38 +338,27 @@ ngx_stream_im_send(ngx_stream_im_session_t *ctx, Im__Frame *f)
     u_char                    *p;
     size_t                     n;
     Im__Send                  *m;
-    ngx_str_t                  to, cmid, keys[5], args[6];
-    ngx_uint_t                 nkeys;
+    ngx_str_t                  cmid, args[8];
     ngx_log_t                 *log;
     Im__Message                msg;
     ngx_stream_im_ref_t        ref;
+    ngx_stream_im_msg_id_t     mid;
     ngx_stream_im_srv_conf_t  *iscf;
-    u_char                     kbuf[5][NGX_STREAM_IM_KEY_MAX];
     u_char                     sid[NGX_STREAM_IM_SID_MAX];
     u_char                     maxlen[NGX_INT_T_LEN];
+    u_char                     gmax[NGX_INT_T_LEN];
 
     log = ctx->session->connection->log;
     m = f->send;
 
-    to.data = (u_char *) m->to;
-    to.len = ngx_strlen(m->to);
+    if (ngx_stream_im_target(ctx, f->id, m->to, m->group, &args[5], &args[6])
+        != NGX_OK)
+    {
+        return NGX_OK;
+    }
 
     cmid.data = (u_char *) m->client_msg_id;
     cmid.len = ngx_strlen(m->client_msg_id);
-
-    if (m->group[0] != '\0') {
-        return ngx_stream_im_send_error(ctx, f->id,
-                                        IM__ERROR__CODE__UNAVAILABLE,
-                                        "groups are not available");
-    }
-
-    if (ngx_stream_im_valid_id(to.data, to.len) != NGX_OK) {
-        ngx_log_error(NGX_LOG_INFO, log, 0, "client sent a bad recipient");
-
-        return ngx_stream_im_send_error(ctx, f->id,
-                                        IM__ERROR__CODE__BAD_FRAME,
-                                        "bad recipient");
-    }
 
     if (cmid.len && ngx_stream_im_valid_id(cmid.data, cmid.len) != NGX_OK) {
         ngx_log_error(NGX_LOG_INFO, log, 0,
@@ -327,6 +375,19 @@ ngx_stream_im_send(ngx_stream_im_session_t *ctx, Im__Frame *f)
                                         "type too long");
     }
 
+    /* a read receipt says how far: its body is a msg_id */
+
+    if (ngx_strcmp(m->type, "read") == 0
+        && ngx_stream_im_msg_id_parse(m->body.data, m->body.len, &mid)
+           != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_INFO, log, 0, "client sent a bad receipt");
+
+        return ngx_stream_im_send_error(ctx, f->id,
+                                        IM__ERROR__CODE__BAD_FRAME,
+                                        "a read receipt's body is a msg_id");
+    }
+
     if (!ngx_stream_im_redis_up()) {
         return ngx_stream_im_send_error(ctx, f->id,
                                         IM__ERROR__CODE__UNAVAILABLE,
@@ -341,6 +402,7 @@ ngx_stream_im_send(ngx_stream_im_session_t *ctx, Im__Frame *f)
 
     msg.from = (char *) ctx->user.data;
     msg.to = m->to;
+    msg.group = m->group;
     msg.body = m->body;
     msg.client_msg_id = m->client_msg_id;
     msg.type = m->type;
@@ -357,41 +419,18 @@ ngx_stream_im_send(ngx_stream_im_session_t *ctx, Im__Frame *f)
     args[0].data = p;
     args[0].len = im__message__pack(&msg, p);
 
-    keys[0].data = kbuf[0];
-    keys[0].len = ngx_stream_im_router_key(kbuf[0], "u", &to, "inbox")
-                  - kbuf[0];
-    keys[1].data = kbuf[1];
-    keys[1].len = ngx_stream_im_router_key(kbuf[1], "u", &to, "routes")
-                  - kbuf[1];
-    keys[2].data = kbuf[2];
-    keys[2].len = ngx_stream_im_router_key(kbuf[2], "u", &ctx->user, "inbox")
-                  - kbuf[2];
-    keys[3].data = kbuf[3];
-    keys[3].len = ngx_stream_im_router_key(kbuf[3], "u", &ctx->user,
-                                           "routes")
-                  - kbuf[3];
-
-    nkeys = 4;
-
-    if (cmid.len) {
-        keys[4].data = kbuf[4];
-        keys[4].len = ngx_sprintf(kbuf[4], "im:{u:%V}:dedup:%V", &ctx->user,
-                                  &cmid)
-                      - kbuf[4];
-        nkeys = 5;
-    }
-
     args[1].data = maxlen;
     args[1].len = ngx_sprintf(maxlen, "%ui", iscf->inbox_max) - maxlen;
-    args[2] = to;
-    args[3] = ctx->user;
-    args[4] = *ngx_stream_im_router_session_id(ctx, sid);
-    args[5] = cmid;
+    args[2] = ctx->user;
+    args[3] = *ngx_stream_im_router_session_id(ctx, sid);
+    args[4] = cmid;
+    args[7].data = gmax;
+    args[7].len = ngx_sprintf(gmax, "%ui", iscf->group_max) - gmax;
 
     ngx_stream_im_session_ref(ctx, &ref, f->id);
 
-    if (ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_SEND, nkeys, keys, 6,
-                                 args, ngx_stream_im_sent, &ref)
+    if (ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_SEND, 0, NULL, 8, args,
+                                 ngx_stream_im_sent, &ref)
         != NGX_OK)
     {
         return ngx_stream_im_send_error(ctx, f->id,
@@ -403,7 +442,188 @@ ngx_stream_im_send(ngx_stream_im_session_t *ctx, Im__Frame *f)
 }
 
 
-/* the script's reply: [msg_id in the sender's inbox, client_msg_id] */
+/*
+ * A script refuses with "<CODE> <reason>"; anything else from Redis is
+ * its own trouble, which the client can only retry.
+ */
+
+static void
+ngx_stream_im_script_error(ngx_stream_im_session_t *ctx, uint32_t id,
+    redisReply *r)
+{
+    char             *reason;
+    ngx_uint_t        i;
+    Im__Error__Code   code;
+
+    static struct {
+        char             *name;
+        Im__Error__Code   code;
+    } codes[] = {
+        { "FORBIDDEN ", IM__ERROR__CODE__FORBIDDEN },
+        { "TOO_LARGE ", IM__ERROR__CODE__TOO_LARGE },
+        { "NOT_FOUND ", IM__ERROR__CODE__NOT_FOUND }
+    };
+
+    code = IM__ERROR__CODE__UNAVAILABLE;
+    reason = "storage unavailable, retry";
+
+    if (r && r->type == REDIS_REPLY_ERROR) {
+
+        for (i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
+            if (ngx_strncmp(r->str, codes[i].name, ngx_strlen(codes[i].name))
+                == 0)
+            {
+                code = codes[i].code;
+                reason = r->str + ngx_strlen(codes[i].name);
+                break;
+            }
+        }
+
+        if (code == IM__ERROR__CODE__UNAVAILABLE) {
+            ngx_log_error(NGX_LOG_ERR, ctx->session->connection->log, 0,
+                          "redis refused a request: %s", r->str);
+        }
+    }
+
+    (void) ngx_stream_im_send_error(ctx, id, code, reason);
+}
+
+
+static ngx_int_t
+ngx_stream_im_typing(ngx_stream_im_session_t *ctx, Im__Frame *f)
+{
+    u_char                    *p;
+    size_t                     n;
+    ngx_str_t                  args[6];
+    ngx_msec_t                 now;
+    Im__Frame                  out;
+    Im__Typing                 typing;
+    ngx_stream_im_srv_conf_t  *iscf;
+    u_char                     sid[NGX_STREAM_IM_SID_MAX];
+    u_char                     gmax[NGX_INT_T_LEN];
+
+    if (ngx_stream_im_target(ctx, f->id, f->typing->to, f->typing->group,
+                             &args[1], &args[2])
+        != NGX_OK)
+    {
+        return NGX_OK;
+    }
+
+    /* at most one a second: a keystroke each is not worth a round trip */
+
+    now = ngx_current_msec;
+
+    if (now - ctx->typing_at < NGX_STREAM_IM_TYPING_EVERY
+        && ctx->typing_at != 0)
+    {
+        return NGX_OK;
+    }
+
+    ctx->typing_at = now;
+
+    iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
+
+    im__frame__init(&out);
+    im__typing__init(&typing);
+
+    typing.to = f->typing->to;
+    typing.group = f->typing->group;
+    typing.from = (char *) ctx->user.data;
+
+    out.body_case = IM__FRAME__BODY_TYPING;
+    out.typing = &typing;
+
+    n = im__frame__get_packed_size(&out);
+
+    p = ngx_stream_im_arena_alloc(ngx_stream_im_worker_arena(), n);
+    if (p == NULL) {
+        return NGX_OK;
+    }
+
+    args[0] = ctx->user;
+    args[3].data = p;
+    args[3].len = im__frame__pack(&out, p);
+    args[4].data = gmax;
+    args[4].len = ngx_sprintf(gmax, "%ui", iscf->group_max) - gmax;
+    args[5] = *ngx_stream_im_router_session_id(ctx, sid);
+
+    /* ephemeral: if Redis is down, nobody hears it, which is fine */
+
+    (void) ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_TYPING, 0, NULL, 6,
+                                    args, NULL, NULL);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_stream_im_group(ngx_stream_im_session_t *ctx, Im__Frame *f, char *group,
+    char *op)
+{
+    ngx_str_t                  args[4];
+    ngx_stream_im_ref_t        ref;
+    ngx_stream_im_srv_conf_t  *iscf;
+    u_char                     gmax[NGX_INT_T_LEN];
+
+    args[0].data = (u_char *) group;
+    args[0].len = ngx_strlen(group);
+
+    if (ngx_stream_im_valid_id(args[0].data, args[0].len) != NGX_OK) {
+        ngx_log_error(NGX_LOG_INFO, ctx->session->connection->log, 0,
+                      "client sent a bad group id");
+
+        return ngx_stream_im_send_error(ctx, f->id,
+                                        IM__ERROR__CODE__BAD_FRAME,
+                                        "bad group id");
+    }
+
+    iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
+
+    args[1] = ctx->user;
+    args[2].data = (u_char *) op;
+    args[2].len = ngx_strlen(op);
+    args[3].data = gmax;
+    args[3].len = ngx_sprintf(gmax, "%ui", iscf->group_max) - gmax;
+
+    ngx_stream_im_session_ref(ctx, &ref, f->id);
+
+    if (ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_GROUP, 0, NULL, 4,
+                                 args, ngx_stream_im_grouped, &ref)
+        != NGX_OK)
+    {
+        return ngx_stream_im_send_error(ctx, f->id,
+                                        IM__ERROR__CODE__UNAVAILABLE,
+                                        "storage unavailable, retry");
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_stream_im_grouped(ngx_stream_im_session_t *ctx, ngx_stream_im_ref_t *ref,
+    redisReply *r)
+{
+    Im__Ok     ok;
+    Im__Frame  f;
+
+    if (r == NULL || r->type != REDIS_REPLY_INTEGER) {
+        ngx_stream_im_script_error(ctx, ref->id, r);
+        return;
+    }
+
+    im__frame__init(&f);
+    im__ok__init(&ok);
+
+    f.id = ref->id;
+    f.body_case = IM__FRAME__BODY_OK;
+    f.ok = &ok;
+
+    (void) ngx_stream_im_send_frame(ctx, &f);
+}
+
+
+/* the script's reply: [msg_id, client_msg_id] */
 
 static void
 ngx_stream_im_sent(ngx_stream_im_session_t *ctx, ngx_stream_im_ref_t *ref,
@@ -420,14 +640,7 @@ ngx_stream_im_sent(ngx_stream_im_session_t *ctx, ngx_stream_im_ref_t *ref,
                                       r->element[0]->len, &mid)
            != NGX_OK)
     {
-        if (r && r->type == REDIS_REPLY_ERROR) {
-            ngx_log_error(NGX_LOG_ERR, ctx->session->connection->log, 0,
-                          "redis refused a message: %s", r->str);
-        }
-
-        (void) ngx_stream_im_send_error(ctx, ref->id,
-                                        IM__ERROR__CODE__UNAVAILABLE,
-                                        "not stored, retry");
+        ngx_stream_im_script_error(ctx, ref->id, r);
         return;
     }
 
@@ -488,15 +701,19 @@ ngx_stream_im_sync(ngx_stream_im_session_t *ctx, Im__Frame *f)
 {
     u_char                  *p;
     uint32_t                 limit;
-    ngx_str_t                argv[6], after;
+    ngx_str_t                argv[6], after, before;
     ngx_stream_im_ref_t      ref;
     ngx_stream_im_msg_id_t   mid;
     u_char                   key[NGX_STREAM_IM_KEY_MAX];
-    u_char                   start[2 + 2 * NGX_INT64_LEN];
+    u_char                   lo[2 + 2 * NGX_INT64_LEN];
+    u_char                   hi[2 + 2 * NGX_INT64_LEN];
     u_char                   count[NGX_INT_T_LEN];
 
     after.data = (u_char *) f->sync->after;
     after.len = ngx_strlen(f->sync->after);
+
+    before.data = (u_char *) f->sync->before;
+    before.len = ngx_strlen(f->sync->before);
 
     limit = f->sync->limit;
 
@@ -504,8 +721,11 @@ ngx_stream_im_sync(ngx_stream_im_session_t *ctx, Im__Frame *f)
         limit = NGX_STREAM_IM_SYNC_MAX;
     }
 
-    if (after.len
-        && ngx_stream_im_msg_id_parse(after.data, after.len, &mid) != NGX_OK)
+    if ((after.len
+         && ngx_stream_im_msg_id_parse(after.data, after.len, &mid) != NGX_OK)
+        || (before.len
+            && ngx_stream_im_msg_id_parse(before.data, before.len, &mid)
+               != NGX_OK))
     {
         ngx_log_error(NGX_LOG_INFO, ctx->session->connection->log, 0,
                       "client sent a bad Sync");
@@ -517,19 +737,39 @@ ngx_stream_im_sync(ngx_stream_im_session_t *ctx, Im__Frame *f)
 
     p = ngx_stream_im_router_key(key, "u", &ctx->user, "inbox");
 
-    ngx_str_set(&argv[0], "XRANGE");
     argv[1].data = key;
     argv[1].len = p - key;
 
+    /* exclusive bounds, "(" of Redis 6.2 */
+
     if (after.len) {
-        argv[2].data = start;
-        argv[2].len = ngx_sprintf(start, "(%uL-%uL", mid.ms, mid.seq) - start;
+        argv[2].data = lo;
+        argv[2].len = ngx_sprintf(lo, "(%V", &after) - lo;
 
     } else {
         ngx_str_set(&argv[2], "-");
     }
 
-    ngx_str_set(&argv[3], "+");
+    if (before.len) {
+        argv[3].data = hi;
+        argv[3].len = ngx_sprintf(hi, "(%V", &before) - hi;
+
+    } else {
+        ngx_str_set(&argv[3], "+");
+    }
+
+    if (before.len && after.len == 0) {
+
+        /* scroll-back: newest first */
+
+        ngx_str_set(&argv[0], "XREVRANGE");
+        argv[2] = argv[3];
+        ngx_str_set(&argv[3], "-");
+
+    } else {
+        ngx_str_set(&argv[0], "XRANGE");
+    }
+
     ngx_str_set(&argv[4], "COUNT");
 
     /* one more than asked tells whether there is more */

@@ -126,6 +126,20 @@ static ngx_command_t  ngx_stream_im_commands[] = {
       offsetof(ngx_stream_im_srv_conf_t, max_unauthenticated),
       &ngx_stream_im_count_bounds },
 
+    { ngx_string("im_group_max_members"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_im_srv_conf_t, group_max),
+      &ngx_stream_im_count_bounds },
+
+    { ngx_string("im_presence_max"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_STREAM_SRV_CONF_OFFSET,
+      offsetof(ngx_stream_im_srv_conf_t, presence_max),
+      &ngx_stream_im_count_bounds },
+
     { ngx_string("im_drain_window"),
       NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_msec_slot,
@@ -253,6 +267,8 @@ ngx_stream_im_create_srv_conf(ngx_conf_t *cf)
     iscf->max_sessions = NGX_CONF_UNSET_UINT;
     iscf->max_unauthenticated = NGX_CONF_UNSET_UINT;
     iscf->drain_window = NGX_CONF_UNSET_MSEC;
+    iscf->group_max = NGX_CONF_UNSET_UINT;
+    iscf->presence_max = NGX_CONF_UNSET_UINT;
     iscf->rate = NGX_CONF_UNSET_UINT;
     iscf->rate_burst = NGX_CONF_UNSET_UINT;
     iscf->rate_bytes = NGX_CONF_UNSET_SIZE;
@@ -288,6 +304,8 @@ ngx_stream_im_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_uint_value(conf->max_unauthenticated,
                               prev->max_unauthenticated, 4096);
     ngx_conf_merge_msec_value(conf->drain_window, prev->drain_window, 10000);
+    ngx_conf_merge_uint_value(conf->group_max, prev->group_max, 500);
+    ngx_conf_merge_uint_value(conf->presence_max, prev->presence_max, 200);
 
     if (conf->rate == NGX_CONF_UNSET_UINT) {
         conf->rate = (prev->rate == NGX_CONF_UNSET_UINT) ? 100 : prev->rate;
@@ -688,6 +706,8 @@ ngx_stream_im_init_process(ngx_cycle_t *cycle)
     {
         return NGX_ERROR;
     }
+
+    ngx_stream_im_presence_init_worker();
 
     return ngx_stream_im_redis_init_worker(cycle, imcf->redis);
 }

@@ -43,10 +43,7 @@ typedef struct {
 } ngx_stream_im_redis_cb_t;
 
 
-typedef struct {
-    ngx_str_t                       text;
-    u_char                          sha[41];
-} ngx_stream_im_redis_script_t;
+
 
 
 typedef struct {
@@ -110,66 +107,6 @@ static ngx_stream_im_redis_t  ngx_stream_im_redis;
 
 static u_char  ngx_stream_im_redis_buf[NGX_STREAM_IM_REDIS_BUF];
 
-/*
- * The scripts: "send" dedups, stores into both inboxes and publishes to
- * the live routes; "login" drops routes of dead workers, enforces the
- * per-user session cap, adds the route and reads the device's cursor.
- */
-
-static ngx_stream_im_redis_script_t  ngx_stream_im_redis_scripts[] = {
-
-    { ngx_string(
-          "local function publish(user, routes, id, origin)\n"
-          "  local seen = {}\n"
-          "  local r = redis.call('HGETALL', routes)\n"
-          "  for i = 1, #r, 2 do\n"
-          "    local ch = r[i + 1]\n"
-          "    if seen[ch] == nil then\n"
-          "      seen[ch] = redis.call('EXISTS', ch .. ':alive')\n"
-          "      if seen[ch] == 1 then\n"
-          "        redis.call('PUBLISH', ch, user .. '\\n' .. origin .. '\\n'\n"
-          "                   .. id .. '\\n' .. ARGV[1])\n"
-          "      end\n"
-          "    end\n"
-          "    if seen[ch] == 0 then redis.call('HDEL', routes, r[i]) end\n"
-          "  end\n"
-          "end\n"
-          "if #KEYS == 5 then\n"
-          "  local prev = redis.call('GET', KEYS[5])\n"
-          "  if prev then return {prev, ARGV[6]} end\n"
-          "end\n"
-          "local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*',\n"
-          "                      'm', ARGV[1])\n"
-          "local own = id\n"
-          "if KEYS[3] ~= KEYS[1] then\n"
-          "  own = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*',\n"
-          "                   'm', ARGV[1])\n"
-          "end\n"
-          "if #KEYS == 5 then\n"
-          "  redis.call('SET', KEYS[5], own, 'EX', 86400)\n"
-          "end\n"
-          "publish(ARGV[3], KEYS[2], id, ARGV[5])\n"
-          "if KEYS[3] ~= KEYS[1] then\n"
-          "  publish(ARGV[4], KEYS[4], own, ARGV[5])\n"
-          "end\n"
-          "return {own, ARGV[6]}\n"),
-      "" },
-    { ngx_string(
-          "local r = redis.call('HGETALL', KEYS[1])\n"
-          "local alive, n = {}, 0\n"
-          "for i = 1, #r, 2 do\n"
-          "  local ch = r[i + 1]\n"
-          "  if alive[ch] == nil then\n"
-          "    alive[ch] = redis.call('EXISTS', ch .. ':alive')\n"
-          "  end\n"
-          "  if alive[ch] == 1 then n = n + 1\n"
-          "  else redis.call('HDEL', KEYS[1], r[i]) end\n"
-          "end\n"
-          "if n >= tonumber(ARGV[4]) then return {0, ''} end\n"
-          "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
-          "return {1, redis.call('HGET', KEYS[2], ARGV[3]) or ''}\n"),
-      "" }
-};
 
 
 ngx_int_t
@@ -179,7 +116,7 @@ ngx_stream_im_redis_init_worker(ngx_cycle_t *cycle, ngx_addr_t *addr)
     ngx_uint_t                     i;
     ngx_sha1_t                     sha1;
     ngx_stream_im_redis_t         *rd;
-    ngx_stream_im_redis_script_t  *sc;
+    ngx_stream_im_script_t  *sc;
     u_char                         digest[20];
 
     rd = &ngx_stream_im_redis;
@@ -204,7 +141,7 @@ ngx_stream_im_redis_init_worker(ngx_cycle_t *cycle, ngx_addr_t *addr)
     p = ngx_cpymem(p, ":alive", sizeof(":alive") - 1);
     rd->alive.len = p - rd->alive.data;
 
-    sc = ngx_stream_im_redis_scripts;
+    sc = ngx_stream_im_scripts;
 
     for (i = 0; i < NGX_STREAM_IM_SCRIPTS; i++) {
         ngx_sha1_init(&sha1);
@@ -275,7 +212,7 @@ ngx_stream_im_redis_eval(ngx_uint_t script, ngx_uint_t nkeys, ngx_str_t *keys,
     ngx_str_set(&argv[n], "EVALSHA");
     n++;
 
-    argv[n].data = ngx_stream_im_redis_scripts[script].sha;
+    argv[n].data = ngx_stream_im_scripts[script].sha;
     argv[n].len = 40;
     n++;
 
@@ -417,7 +354,7 @@ ngx_stream_im_redis_connected(ngx_stream_im_redis_conn_t *rc)
     for (i = 0; i < NGX_STREAM_IM_SCRIPTS; i++) {
         ngx_str_set(&argv[0], "SCRIPT");
         ngx_str_set(&argv[1], "LOAD");
-        argv[2] = ngx_stream_im_redis_scripts[i].text;
+        argv[2] = ngx_stream_im_scripts[i].text;
 
         if (ngx_stream_im_redis_send(&rd->cmd, 3, argv,
                                      ngx_stream_im_redis_loaded, NULL)
@@ -719,22 +656,60 @@ ngx_stream_im_redis_reply(ngx_stream_im_redis_conn_t *rc, redisReply *r)
 }
 
 
+/* a message on the worker's route channel, or on a presence channel */
+
 static void
 ngx_stream_im_redis_push(redisReply *r)
 {
-    ngx_str_t    payload;
-    redisReply  *p;
+    ngx_str_t    channel, payload, user;
+    redisReply  *ch, *p;
 
+    ch = r->element[1];
     p = r->element[2];
 
-    if (p->type != REDIS_REPLY_STRING) {
+    if (ch->type != REDIS_REPLY_STRING || p->type != REDIS_REPLY_STRING) {
         return;
     }
+
+    channel.data = (u_char *) ch->str;
+    channel.len = ch->len;
 
     payload.data = (u_char *) p->str;
     payload.len = p->len;
 
-    ngx_stream_im_router_deliver(&payload);
+    if (channel.len == ngx_stream_im_redis.channel.len
+        && ngx_strncmp(channel.data, ngx_stream_im_redis.channel.data,
+                       channel.len)
+           == 0)
+    {
+        ngx_stream_im_router_deliver(&payload);
+        return;
+    }
+
+    if (channel.len > sizeof("im:presence:") - 1
+        && ngx_strncmp(channel.data, "im:presence:",
+                       sizeof("im:presence:") - 1)
+           == 0)
+    {
+        user.data = channel.data + sizeof("im:presence:") - 1;
+        user.len = channel.len - (sizeof("im:presence:") - 1);
+
+        ngx_stream_im_presence_event(&user, &payload);
+    }
+}
+
+
+/* SUBSCRIBE or UNSUBSCRIBE on the subscriber connection */
+
+ngx_int_t
+ngx_stream_im_redis_subscribe(ngx_str_t *argv)
+{
+    if (ngx_stream_im_redis.state != NGX_STREAM_IM_REDIS_UP) {
+        return NGX_DECLINED;
+    }
+
+    return ngx_stream_im_redis_send(&ngx_stream_im_redis.sub, 2, argv, NULL,
+                                    NULL);
 }
 
 

@@ -33,6 +33,9 @@ typedef struct {
 
 
 static ngx_stream_im_user_t *ngx_stream_im_router_user(ngx_str_t *name);
+static void ngx_stream_im_router_fanout(ngx_str_t *name,
+    ngx_stream_im_msg_t *msg, ngx_stream_im_msg_id_t *mid,
+    ngx_atomic_uint_t origin);
 static ngx_int_t ngx_stream_im_router_route(ngx_stream_im_session_t *ctx,
     ngx_stream_im_redis_handler_pt handler, uint32_t id);
 static void ngx_stream_im_router_logged_in(ngx_stream_im_session_t *ctx,
@@ -157,7 +160,7 @@ static ngx_int_t
 ngx_stream_im_router_route(ngx_stream_im_session_t *ctx,
     ngx_stream_im_redis_handler_pt handler, uint32_t id)
 {
-    ngx_str_t                  keys[2], args[4];
+    ngx_str_t                  keys[2], args[5];
     ngx_stream_im_ref_t        ref;
     ngx_stream_im_srv_conf_t  *iscf;
     u_char                     key[NGX_STREAM_IM_KEY_MAX];
@@ -192,10 +195,11 @@ ngx_stream_im_router_route(ngx_stream_im_session_t *ctx,
     args[2] = ctx->device;
     args[3].data = max;
     args[3].len = ngx_sprintf(max, "%ui", iscf->max_sessions) - max;
+    args[4] = ctx->user;
 
     ngx_stream_im_session_ref(ctx, &ref, id);
 
-    return ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_LOGIN, 2, keys, 4,
+    return ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_LOGIN, 2, keys, 5,
                                     args, handler, &ref);
 }
 
@@ -285,10 +289,8 @@ ngx_stream_im_router_logged_in(ngx_stream_im_session_t *ctx,
 void
 ngx_stream_im_router_logout(ngx_stream_im_session_t *ctx)
 {
-    u_char     *p;
-    ngx_str_t   argv[3];
-    u_char      key[NGX_STREAM_IM_KEY_MAX];
-    u_char      sid[NGX_STREAM_IM_SID_MAX];
+    ngx_str_t  args[2];
+    u_char     sid[NGX_STREAM_IM_SID_MAX];
 
     if (ctx->owner == NULL) {
         return;
@@ -296,16 +298,15 @@ ngx_stream_im_router_logout(ngx_stream_im_session_t *ctx)
 
     ngx_stream_im_router_remove(ctx);
 
-    p = ngx_stream_im_router_key(key, "u", &ctx->user, "routes");
+    /* also while logging in: the login script may have added the route */
 
-    ngx_str_set(&argv[0], "HDEL");
-    argv[1].data = key;
-    argv[1].len = p - key;
-    argv[2] = *ngx_stream_im_router_session_id(ctx, sid);
+    args[0] = ctx->user;
+    args[1] = *ngx_stream_im_router_session_id(ctx, sid);
 
     /* if Redis is down now, the route dies with this worker's alive key */
 
-    (void) ngx_stream_im_redis_command(3, argv, NULL, NULL);
+    (void) ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_LOGOUT, 0, NULL, 2,
+                                    args, NULL, NULL);
 }
 
 
@@ -499,22 +500,19 @@ ngx_stream_im_router_entry(redisReply *e, ngx_str_t *id,
 
 
 /*
- * A message on this worker's channel: "<user>\n<origin session>\n<msg id>
- * \n<stored entry>".  Serialized once, shared by the user's sessions.
+ * A message on this worker's channel (see ngx_stream_im_scripts.c):
+ * serialized once, queued on every local session of its users.
  */
 
 void
 ngx_stream_im_router_deliver(ngx_str_t *payload)
 {
     u_char                   *p, *end, *nl[3];
-    ngx_str_t                 user, id, partial;
+    ngx_str_t                 id, users, data, user;
     ngx_uint_t                i;
-    ngx_queue_t              *q;
     ngx_atomic_uint_t         origin;
     ngx_stream_im_msg_t      *msg;
-    ngx_stream_im_user_t     *u;
     ngx_stream_im_msg_id_t    mid;
-    ngx_stream_im_session_t  *ctx;
 
     p = payload->data;
     end = p + payload->len;
@@ -522,7 +520,7 @@ ngx_stream_im_router_deliver(ngx_str_t *payload)
     for (i = 0; i < 3; i++) {
         nl[i] = ngx_strlchr(p, end, '\n');
 
-        if (nl[i] == NULL) {
+        if (nl[i] == NULL || payload->len == 0) {
             ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                           "malformed message on route channel");
             return;
@@ -531,14 +529,8 @@ ngx_stream_im_router_deliver(ngx_str_t *payload)
         p = nl[i] + 1;
     }
 
-    user.data = payload->data;
-    user.len = nl[0] - user.data;
-
-    u = ngx_stream_im_router_user(&user);
-
-    if (u == NULL) {
-        return;
-    }
+    id.data = payload->data + 1;
+    id.len = nl[0] - id.data;
 
     origin = 0;
     p = nl[0] + 1;
@@ -552,17 +544,39 @@ ngx_stream_im_router_deliver(ngx_str_t *payload)
         origin = (ngx_atomic_uint_t) ngx_atoi(p, nl[1] - p);
     }
 
-    id.data = nl[1] + 1;
-    id.len = nl[2] - id.data;
+    users.data = nl[1] + 1;
+    users.len = nl[2] - users.data;
 
-    if (ngx_stream_im_msg_id_parse(id.data, id.len, &mid) != NGX_OK) {
+    data.data = nl[2] + 1;
+    data.len = end - data.data;
+
+    switch (payload->data[0]) {
+
+    case 'm':
+        if (ngx_stream_im_msg_id_parse(id.data, id.len, &mid) != NGX_OK) {
+            return;
+        }
+
+        msg = ngx_stream_im_router_message(0, &id, &mid, &data);
+        break;
+
+    case 't':
+        msg = ngx_stream_im_msg_alloc(NGX_STREAM_IM_WS_HEADER_MAX + data.len,
+                                      ngx_cycle->log);
+        if (msg == NULL) {
+            return;
+        }
+
+        p = ngx_stream_im_ws_header(msg->data, NGX_STREAM_IM_WS_BINARY,
+                                    data.len);
+        p = ngx_cpymem(p, data.data, data.len);
+        msg->len = p - msg->data;
+        break;
+
+    default:
         return;
     }
 
-    partial.data = nl[2] + 1;
-    partial.len = end - partial.data;
-
-    msg = ngx_stream_im_router_message(0, &id, &mid, &partial);
     if (msg == NULL) {
         return;
     }
@@ -570,15 +584,59 @@ ngx_stream_im_router_deliver(ngx_str_t *payload)
     /* keep the message alive while it is queued on the sessions */
     msg->refs++;
 
+    p = users.data;
+    end = users.data + users.len;
+
+    while (p < end) {
+        user.data = p;
+
+        while (p < end && *p != ' ') {
+            p++;
+        }
+
+        user.len = p - user.data;
+        p++;
+
+        ngx_stream_im_router_fanout(&user, msg,
+                                    payload->data[0] == 'm' ? &mid : NULL,
+                                    origin);
+    }
+
+    ngx_stream_im_msg_release(msg);
+}
+
+
+static void
+ngx_stream_im_router_fanout(ngx_str_t *name, ngx_stream_im_msg_t *msg,
+    ngx_stream_im_msg_id_t *mid, ngx_atomic_uint_t origin)
+{
+    ngx_queue_t              *q;
+    ngx_stream_im_user_t     *u;
+    ngx_stream_im_session_t  *ctx;
+
+    u = ngx_stream_im_router_user(name);
+
+    if (u == NULL) {
+        return;
+    }
+
     for (q = ngx_queue_head(&u->sessions);
          q != ngx_queue_sentinel(&u->sessions);
          q = ngx_queue_next(q))
     {
         ctx = ngx_queue_data(q, ngx_stream_im_session_t, queue);
 
-        if (ctx->state != NGX_STREAM_IM_OPEN
+        if (ctx->state != NGX_STREAM_IM_OPEN || !ctx->authenticated
             || ctx->session->connection->number == origin)
         {
+            continue;
+        }
+
+        if (mid == NULL) {
+
+            /* typing: live only, no order to keep */
+
+            (void) ngx_stream_im_queue(ctx, msg);
             continue;
         }
 
@@ -587,8 +645,8 @@ ngx_stream_im_router_deliver(ngx_str_t *payload)
             continue;
         }
 
-        if (mid.ms < ctx->last.ms
-            || (mid.ms == ctx->last.ms && mid.seq <= ctx->last.seq))
+        if (mid->ms < ctx->last.ms
+            || (mid->ms == ctx->last.ms && mid->seq <= ctx->last.seq))
         {
             continue;
         }
@@ -597,10 +655,8 @@ ngx_stream_im_router_deliver(ngx_str_t *payload)
             continue;
         }
 
-        ctx->last = mid;
+        ctx->last = *mid;
     }
-
-    ngx_stream_im_msg_release(msg);
 }
 
 
@@ -616,6 +672,8 @@ ngx_stream_im_router_redis_up(void)
     ngx_queue_t              *uq, *q;
     ngx_stream_im_user_t     *u;
     ngx_stream_im_session_t  *ctx;
+
+    ngx_stream_im_presence_redis_up();
 
     for (uq = ngx_queue_head(&ngx_stream_im_users_all);
          uq != ngx_queue_sentinel(&ngx_stream_im_users_all);

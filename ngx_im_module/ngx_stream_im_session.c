@@ -122,6 +122,7 @@ ngx_stream_im_session_handler(ngx_stream_session_t *s)
 
     ctx->session = s;
     ctx->out_last = &ctx->out;
+    ngx_queue_init(&ctx->watching);
     ctx->start = ngx_current_msec;
     ctx->last_in = ctx->start;
     ctx->rate_last = ctx->start;
@@ -1323,6 +1324,7 @@ ngx_stream_im_cleanup(void *data)
         ngx_stream_im_unauthenticated--;
     }
 
+    ngx_stream_im_presence_leave(ctx);
     ngx_stream_im_router_logout(ctx);
     ngx_stream_im_free_partial(ctx);
 

@@ -1,0 +1,244 @@
+
+/*
+ * Copyright (C) ngx_im authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_stream.h>
+
+#include "ngx_stream_im.h"
+
+
+/*
+ * What happens inside Redis, one round trip each.  A message is stored
+ * in every recipient's inbox under one stream id, greater than the last
+ * id of each of them, so a message has the same msg_id everywhere; then
+ * each distinct live route gets one PUBLISH:
+ *
+ *     <kind><msg id>\n<origin session>\n<user> <user>...\n<data>
+ *
+ * kind "m": data is the stored entry; kind "t": data is a packed Frame.
+ * A route counts while its worker's alive key exists; dead ones go.
+ */
+
+
+#define NGX_STREAM_IM_LUA_ROUTES                                              \
+    "local function routes(users, alive, out)\n"                              \
+    "  for _, u in ipairs(users) do\n"                                        \
+    "    local rk = 'im:{u:' .. u .. '}:routes'\n"                            \
+    "    local r = redis.call('HGETALL', rk)\n"                               \
+    "    for i = 1, #r, 2 do\n"                                               \
+    "      local ch = r[i + 1]\n"                                             \
+    "      if alive[ch] == nil then\n"                                        \
+    "        alive[ch] = redis.call('EXISTS', ch .. ':alive')\n"              \
+    "      end\n"                                                             \
+    "      if alive[ch] == 1 then\n"                                          \
+    "        local l = out[ch]\n"                                             \
+    "        if l == nil then l = {seen = {}}; out[ch] = l end\n"             \
+    "        if not l.seen[u] then\n"                                         \
+    "          l.seen[u] = true\n"                                            \
+    "          l[#l + 1] = u\n"                                               \
+    "        end\n"                                                           \
+    "      else\n"                                                            \
+    "        redis.call('HDEL', rk, r[i])\n"                                  \
+    "      end\n"                                                             \
+    "    end\n"                                                               \
+    "  end\n"                                                                 \
+    "end\n"                                                                   \
+    "local function members(kind, target, sender, max)\n"                     \
+    "  if kind ~= 'g' then return {target} end\n"                             \
+    "  local g = 'im:{g:' .. target .. '}:members'\n"                         \
+    "  if redis.call('SISMEMBER', g, sender) == 0 then\n"                     \
+    "    return redis.error_reply('FORBIDDEN not a member of the group')\n"   \
+    "  end\n"                                                                 \
+    "  if redis.call('SCARD', g) > tonumber(max) then\n"                      \
+    "    return redis.error_reply('TOO_LARGE group over "                     \
+                                    "im_group_max_members')\n"                \
+    "  end\n"                                                                 \
+    "  return redis.call('SMEMBERS', g)\n"                                    \
+    "end\n"
+
+
+ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
+
+    /*
+     * send: KEYS none (per-user keys are derived); ARGV: entry, inbox
+     * max, sender, origin session, client_msg_id, kind "u" or "g",
+     * target, group max.  Returns {msg_id, client_msg_id}.
+     */
+
+    { ngx_string(
+          NGX_STREAM_IM_LUA_ROUTES
+          "local entry, sender, cmid = ARGV[1], ARGV[3], ARGV[5]\n"
+          "local dedup\n"
+          "if cmid ~= '' then\n"
+          "  dedup = 'im:{u:' .. sender .. '}:dedup:' .. cmid\n"
+          "  local prev = redis.call('GET', dedup)\n"
+          "  if prev then return {prev, cmid} end\n"
+          "end\n"
+          "local users = members(ARGV[6], ARGV[7], sender, ARGV[8])\n"
+          "if users.err then return users end\n"
+          "if ARGV[6] ~= 'g' and ARGV[7] ~= sender then\n"
+          "  users[2] = sender\n"
+          "end\n"
+          "local t = redis.call('TIME')\n"
+          "local ms = tonumber(t[1]) * 1000 + math.floor(t[2] / 1000)\n"
+          "local seq = 0\n"
+          "for _, u in ipairs(users) do\n"
+          "  local ok, info = pcall(redis.call, 'XINFO', 'STREAM',\n"
+          "                         'im:{u:' .. u .. '}:inbox')\n"
+          "  if ok then\n"
+          "    for i = 1, #info, 2 do\n"
+          "      if info[i] == 'last-generated-id' then\n"
+          "        local a, b = string.match(info[i + 1], '^(%d+)-(%d+)$')\n"
+          "        a, b = tonumber(a), tonumber(b)\n"
+          "        if a > ms or (a == ms and b >= seq) then\n"
+          "          ms, seq = a, b + 1\n"
+          "        end\n"
+          "      end\n"
+          "    end\n"
+          "  end\n"
+          "end\n"
+          "local id = string.format('%.0f-%.0f', ms, seq)\n"
+          "for _, u in ipairs(users) do\n"
+          "  redis.call('XADD', 'im:{u:' .. u .. '}:inbox', 'MAXLEN', '~',\n"
+          "             ARGV[2], id, 'm', entry)\n"
+          "end\n"
+          "local out = {}\n"
+          "routes(users, {}, out)\n"
+          "for ch, l in pairs(out) do\n"
+          "  redis.call('PUBLISH', ch, 'm' .. id .. '\\n' .. ARGV[4] .. '\\n'\n"
+          "             .. table.concat(l, ' ') .. '\\n' .. entry)\n"
+          "end\n"
+          "if dedup then redis.call('SET', dedup, id, 'EX', 86400) end\n"
+          "return {id, cmid}\n"),
+      "" },
+
+    /*
+     * login: KEYS routes, cursor; ARGV: session, channel, device, max
+     * sessions, user.  Returns {1, cursor or ""}, or {0, ""} when full;
+     * the first session of a user tells the watchers it is online.
+     */
+
+    { ngx_string(
+          "local r = redis.call('HGETALL', KEYS[1])\n"
+          "local alive, n = {}, 0\n"
+          "for i = 1, #r, 2 do\n"
+          "  local ch = r[i + 1]\n"
+          "  if alive[ch] == nil then\n"
+          "    alive[ch] = redis.call('EXISTS', ch .. ':alive')\n"
+          "  end\n"
+          "  if alive[ch] == 1 then n = n + 1\n"
+          "  else redis.call('HDEL', KEYS[1], r[i]) end\n"
+          "end\n"
+          "if n >= tonumber(ARGV[4]) then return {0, ''} end\n"
+          "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
+          "if n == 0 then\n"
+          "  local t = redis.call('TIME')\n"
+          "  redis.call('PUBLISH', 'im:presence:' .. ARGV[5], '1 ' ..\n"
+          "    string.format('%.0f', t[1] * 1000 + math.floor(t[2] / 1000)))\n"
+          "end\n"
+          "return {1, redis.call('HGET', KEYS[2], ARGV[3]) or ''}\n"),
+      "" },
+
+    /*
+     * typing: ARGV: sender, kind, target, packed Frame, group max,
+     * origin session.  Published to the live routes only, never stored.
+     */
+
+    { ngx_string(
+          NGX_STREAM_IM_LUA_ROUTES
+          "local sender = ARGV[1]\n"
+          "local users = members(ARGV[2], ARGV[3], sender, ARGV[5])\n"
+          "if users.err then return users end\n"
+          "local others = {}\n"
+          "for _, u in ipairs(users) do\n"
+          "  if u ~= sender then others[#others + 1] = u end\n"
+          "end\n"
+          "local out = {}\n"
+          "routes(others, {}, out)\n"
+          "for ch, l in pairs(out) do\n"
+          "  redis.call('PUBLISH', ch, 't\\n' .. ARGV[6] .. '\\n'\n"
+          "             .. table.concat(l, ' ') .. '\\n' .. ARGV[4])\n"
+          "end\n"
+          "return 1\n"),
+      "" },
+
+    /*
+     * group: ARGV: group, user, "join" or "leave", max members.  Only
+     * groups an admin marked open (im:{g:<gid>}:meta open 1) are joined
+     * by their users; anyone may leave.
+     */
+
+    { ngx_string(
+          "local g = 'im:{g:' .. ARGV[1] .. '}:members'\n"
+          "if ARGV[3] == 'leave' then\n"
+          "  if redis.call('SREM', g, ARGV[2]) == 0 then\n"
+          "    return redis.error_reply('NOT_FOUND not a member')\n"
+          "  end\n"
+          "  return 1\n"
+          "end\n"
+          "if redis.call('SISMEMBER', g, ARGV[2]) == 1 then return 1 end\n"
+          "local meta = 'im:{g:' .. ARGV[1] .. '}:meta'\n"
+          "if redis.call('HGET', meta, 'open') ~= '1' then\n"
+          "  if redis.call('EXISTS', g) == 0\n"
+          "     and redis.call('EXISTS', meta) == 0 then\n"
+          "    return redis.error_reply('NOT_FOUND no such group')\n"
+          "  end\n"
+          "  return redis.error_reply('FORBIDDEN the group is closed')\n"
+          "end\n"
+          "if redis.call('SCARD', g) >= tonumber(ARGV[4]) then\n"
+          "  return redis.error_reply('TOO_LARGE the group is full')\n"
+          "end\n"
+          "redis.call('SADD', g, ARGV[2])\n"
+          "return 1\n"),
+      "" },
+
+    /*
+     * logout: ARGV: user, session.  The last session of a user records
+     * when it was seen and tells the watchers it is offline.
+     */
+
+    { ngx_string(
+          "local rk = 'im:{u:' .. ARGV[1] .. '}:routes'\n"
+          "redis.call('HDEL', rk, ARGV[2])\n"
+          "local r = redis.call('HGETALL', rk)\n"
+          "for i = 1, #r, 2 do\n"
+          "  if redis.call('EXISTS', r[i + 1] .. ':alive') == 1 then\n"
+          "    return 0\n"
+          "  end\n"
+          "end\n"
+          "local t = redis.call('TIME')\n"
+          "local ms = string.format('%.0f',\n"
+          "                         t[1] * 1000 + math.floor(t[2] / 1000))\n"
+          "redis.call('SET', 'im:{u:' .. ARGV[1] .. '}:seen', ms)\n"
+          "redis.call('PUBLISH', 'im:presence:' .. ARGV[1], '0 ' .. ms)\n"
+          "return 1\n"),
+      "" },
+
+    /*
+     * presence: ARGV: users.  Returns {user, online, last seen ms, ...},
+     * online while one of the user's routes is alive.
+     */
+
+    { ngx_string(
+          "local out = {}\n"
+          "for _, u in ipairs(ARGV) do\n"
+          "  local r = redis.call('HGETALL', 'im:{u:' .. u .. '}:routes')\n"
+          "  local online = 0\n"
+          "  for i = 1, #r, 2 do\n"
+          "    if redis.call('EXISTS', r[i + 1] .. ':alive') == 1 then\n"
+          "      online = 1\n"
+          "      break\n"
+          "    end\n"
+          "  end\n"
+          "  local seen = redis.call('GET', 'im:{u:' .. u .. '}:seen')\n"
+          "  out[#out + 1] = u\n"
+          "  out[#out + 1] = online\n"
+          "  out[#out + 1] = tonumber(seen or '0')\n"
+          "end\n"
+          "return out\n"),
+      "" }
+};
