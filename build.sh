@@ -179,8 +179,17 @@ run_servers() {
     local dir=$build/run
     local port=${IM_PORT:-8080}
     local rport=${IM_REDIS_PORT:-6379}
+    local url alice bob
 
     mkdir -p "$dir/logs"
+
+    if [ ! -f "$dir/im.key" ]; then
+        "$build/im-token" keygen --out "$dir/im" >/dev/null
+    fi
+
+    url=ws://127.0.0.1:$port/
+    alice=$("$build/im-token" mint --key "$dir/im.key" --sub alice --ttl 24h)
+    bob=$("$build/im-token" mint --key "$dir/im.key" --sub bob --ttl 24h)
 
     sed -e "s,@DIR@,$dir,g" -e "s,@PORT@,$rport,g" \
         "$top/t/conf/redis.conf" >"$dir/redis.conf"
@@ -192,24 +201,37 @@ run_servers() {
     /usr/sbin/nginx -t -q -p "$dir" -c "$dir/nginx.conf"
 
     redis-server "$dir/redis.conf" &
-    local redis_pid=$!
-    trap 'kill $redis_pid 2>/dev/null; wait $redis_pid 2>/dev/null' EXIT
+    redis_pid=$!
+    /usr/sbin/nginx -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;' &
+    nginx_pid=$!
+
+    # Ctrl-C, a kill or an nginx that stops: both servers go
+    trap 'kill $nginx_pid $redis_pid 2>/dev/null; wait 2>/dev/null' \
+        EXIT INT TERM
 
     cat <<EOF
 
-ngx_im is listening on ws://127.0.0.1:$port/ (subprotocol im.v1)
+ngx_im is listening on $url (subprotocol im.v1)
 redis-server on 127.0.0.1:$rport, data in $dir
 logs: $dir/logs/error.log
 
-Try it (a Ping gets a Pong):
+Try it in two more terminals (the tokens are valid for 24 hours):
 
-    $python $top/tools/imping.py ws://127.0.0.1:$port/
+    $build/imcat --url $url --token $bob listen
+
+    $build/imcat --url $url --token $alice send --to bob hello
+
+A Ping gets a Pong without a token:
+
+    $build/imcat --url $url ping
+
+More users: $build/im-token mint --key $dir/im.key --sub carol
 
 Stop with Ctrl-C.
 
 EOF
 
-    /usr/sbin/nginx -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;'
+    wait $nginx_pid
 }
 
 
