@@ -129,7 +129,8 @@ ngx_stream_im_message_write(u_char *p, uint32_t id, ngx_str_t *msg_id,
         p = ngx_stream_im_varint(p, id);
     }
 
-    *p++ = (IM__FRAME__BODY_MESSAGE << 3) | PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED;
+    *p++ = (IM__FRAME__BODY_MESSAGE << 3)
+           | PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED;
     p = ngx_stream_im_varint(p, ngx_stream_im_message_inner(msg_id, ts,
                                                             partial));
 

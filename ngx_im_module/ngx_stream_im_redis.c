@@ -94,6 +94,8 @@ static void ngx_stream_im_redis_write_handler(ngx_event_t *wev);
 static ngx_int_t ngx_stream_im_redis_reply(ngx_stream_im_redis_conn_t *rc,
     redisReply *r);
 static void ngx_stream_im_redis_push(redisReply *r);
+static u_char *ngx_stream_im_redis_log_error(ngx_log_t *log, u_char *buf,
+    size_t len);
 static ngx_int_t ngx_stream_im_redis_append(ngx_stream_im_redis_conn_t *rc,
     ngx_uint_t argc, ngx_str_t *argv);
 static ngx_int_t ngx_stream_im_redis_push_cb(ngx_stream_im_redis_conn_t *rc,
@@ -104,6 +106,7 @@ static ngx_int_t ngx_stream_im_redis_send(ngx_stream_im_redis_conn_t *rc,
 
 
 static ngx_stream_im_redis_t  ngx_stream_im_redis;
+static ngx_log_t              ngx_stream_im_redis_log;
 
 static u_char  ngx_stream_im_redis_buf[NGX_STREAM_IM_REDIS_BUF];
 
@@ -123,6 +126,14 @@ ngx_stream_im_redis_init_worker(ngx_cycle_t *cycle, ngx_addr_t *addr)
 
     rd->addr = addr;
     rd->cmd.subscriber = 0;
+
+    /* errors of the Redis sockets say what they are about */
+
+    ngx_stream_im_redis_log = *cycle->log;
+    ngx_stream_im_redis_log.handler = ngx_stream_im_redis_log_error;
+    ngx_stream_im_redis_log.data = rd;
+    ngx_stream_im_redis_log.action = "talking to redis";
+
     rd->sub.subscriber = 1;
 
     /* each worker process has its own channel, unique across reloads */
@@ -300,7 +311,7 @@ ngx_stream_im_redis_connect_one(ngx_stream_im_redis_conn_t *rc)
     pc.socklen = ngx_stream_im_redis.addr->socklen;
     pc.name = &ngx_stream_im_redis.addr->name;
     pc.get = ngx_event_get_peer;
-    pc.log = ngx_cycle->log;
+    pc.log = &ngx_stream_im_redis_log;
     pc.log_error = NGX_ERROR_ERR;
 
     rv = ngx_event_connect_peer(&pc);
@@ -311,7 +322,7 @@ ngx_stream_im_redis_connect_one(ngx_stream_im_redis_conn_t *rc)
 
     c = pc.connection;
     c->data = rc;
-    c->log = ngx_cycle->log;
+    c->log = &ngx_stream_im_redis_log;
     c->read->handler = ngx_stream_im_redis_read_handler;
     c->write->handler = ngx_stream_im_redis_write_handler;
 
@@ -653,6 +664,16 @@ ngx_stream_im_redis_reply(ngx_stream_im_redis_conn_t *rc, redisReply *r)
     }
 
     return NGX_OK;
+}
+
+
+static u_char *
+ngx_stream_im_redis_log_error(ngx_log_t *log, u_char *buf, size_t len)
+{
+    ngx_stream_im_redis_t *rd = log->data;
+
+    return ngx_snprintf(buf, len, " while %s %V", log->action,
+                        &rd->addr->name);
 }
 
 
