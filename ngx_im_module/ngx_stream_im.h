@@ -319,6 +319,7 @@ ngx_int_t ngx_stream_im_redis_eval(ngx_uint_t script, ngx_uint_t nkeys,
     ngx_stream_im_redis_handler_pt handler, ngx_stream_im_ref_t *ref);
 void ngx_stream_im_redis_exit_worker(void);
 ngx_int_t ngx_stream_im_redis_subscribe(ngx_str_t *argv);
+ngx_int_t ngx_stream_im_redis_refusal(redisReply *r);
 
 /* routing: the worker's users, routes in Redis, delivery and replay */
 ngx_int_t ngx_stream_im_router_init_worker(ngx_cycle_t *cycle);

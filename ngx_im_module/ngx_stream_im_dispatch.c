@@ -467,7 +467,7 @@ ngx_stream_im_script_error(ngx_stream_im_session_t *ctx, uint32_t id,
     code = IM__ERROR__CODE__UNAVAILABLE;
     reason = "storage unavailable, retry";
 
-    if (r && r->type == REDIS_REPLY_ERROR) {
+    if (r && ngx_stream_im_redis_refusal(r)) {
 
         for (i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
             if (ngx_strncmp(r->str, codes[i].name, ngx_strlen(codes[i].name))
@@ -479,10 +479,12 @@ ngx_stream_im_script_error(ngx_stream_im_session_t *ctx, uint32_t id,
             }
         }
 
-        if (code == IM__ERROR__CODE__UNAVAILABLE) {
-            ngx_log_error(NGX_LOG_ERR, ctx->session->connection->log, 0,
-                          "redis refused a request: %s", r->str);
-        }
+        ngx_log_error(NGX_LOG_INFO, ctx->session->connection->log, 0,
+                      "client request refused: %s", r->str);
+
+    } else if (r && r->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, ctx->session->connection->log, 0,
+                      "redis refused a request: %s", r->str);
     }
 
     (void) ngx_stream_im_send_error(ctx, id, code, reason);
@@ -796,12 +798,13 @@ static void
 ngx_stream_im_synced(ngx_stream_im_session_t *ctx, ngx_stream_im_ref_t *ref,
     redisReply *r)
 {
-    size_t                  i, n;
-    ngx_str_t               id, partial, last;
-    Im__Frame               f;
-    Im__SyncDone            done;
-    ngx_stream_im_msg_t    *msg;
-    ngx_stream_im_msg_id_t  mid;
+    size_t                     i, n;
+    ngx_str_t                  id, partial, last;
+    Im__Frame                  f;
+    Im__SyncDone               done;
+    ngx_stream_im_msg_t       *msg;
+    ngx_stream_im_msg_id_t     mid;
+    ngx_stream_im_srv_conf_t  *iscf;
 
     if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
         (void) ngx_stream_im_send_error(ctx, ref->id,
@@ -810,10 +813,19 @@ ngx_stream_im_synced(ngx_stream_im_session_t *ctx, ngx_stream_im_ref_t *ref,
         return;
     }
 
+    iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
+
     n = ngx_min(r->elements, ref->arg);
     ngx_str_null(&last);
 
     for (i = 0; i < n; i++) {
+
+        /* a page never fills the send queue: the client asks for more */
+
+        if (ctx->out_bytes > iscf->send_queue / 2) {
+            break;
+        }
+
         if (ngx_stream_im_router_entry(r->element[i], &id, &mid, &partial)
             != NGX_OK)
         {
@@ -840,7 +852,7 @@ ngx_stream_im_synced(ngx_stream_im_session_t *ctx, ngx_stream_im_ref_t *ref,
         done.last = (char *) last.data;
     }
 
-    done.more = (r->elements > ref->arg);
+    done.more = (r->elements > i);
 
     f.id = ref->id;
     f.body_case = IM__FRAME__BODY_SYNC_DONE;

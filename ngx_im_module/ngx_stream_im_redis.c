@@ -71,6 +71,7 @@ typedef struct {
     ngx_addr_t                     *addr;
     ngx_uint_t                      state;
     ngx_uint_t                      pending;    /* replies before UP */
+    ngx_uint_t                      heartbeat_pending;
     ngx_msec_t                      backoff;
     ngx_event_t                     reconnect;
     ngx_event_t                     heartbeat;
@@ -94,6 +95,8 @@ static void ngx_stream_im_redis_write_handler(ngx_event_t *wev);
 static ngx_int_t ngx_stream_im_redis_reply(ngx_stream_im_redis_conn_t *rc,
     redisReply *r);
 static void ngx_stream_im_redis_push(redisReply *r);
+static void ngx_stream_im_redis_heartbeat_reply(ngx_stream_im_session_t *ctx,
+    ngx_stream_im_ref_t *ref, redisReply *r);
 static u_char *ngx_stream_im_redis_log_error(ngx_log_t *log, u_char *buf,
     size_t len);
 static ngx_int_t ngx_stream_im_redis_append(ngx_stream_im_redis_conn_t *rc,
@@ -444,6 +447,7 @@ ngx_stream_im_redis_fail(char *why)
     }
 
     rd->state = NGX_STREAM_IM_REDIS_DOWN;
+    rd->heartbeat_pending = 0;
 
     ngx_stream_im_redis_close_one(&rd->cmd);
     ngx_stream_im_redis_close_one(&rd->sub);
@@ -536,6 +540,13 @@ ngx_stream_im_redis_heartbeat_handler(ngx_event_t *ev)
         return;
     }
 
+    /* a Redis that stopped answering without closing is down too */
+
+    if (rd->heartbeat_pending) {
+        ngx_stream_im_redis_fail("no reply for a heartbeat period");
+        return;
+    }
+
     /* routes to this worker count only while this key lives */
 
     ngx_str_set(&argv[0], "SET");
@@ -544,9 +555,27 @@ ngx_stream_im_redis_heartbeat_handler(ngx_event_t *ev)
     ngx_str_set(&argv[3], "PX");
     ngx_str_set(&argv[4], NGX_STREAM_IM_REDIS_ALIVE_TTL);
 
-    (void) ngx_stream_im_redis_send(&rd->cmd, 5, argv, NULL, NULL);
+    if (ngx_stream_im_redis_send(&rd->cmd, 5, argv,
+                                 ngx_stream_im_redis_heartbeat_reply, NULL)
+        == NGX_OK)
+    {
+        rd->heartbeat_pending = 1;
+    }
 
     ngx_add_timer(&rd->heartbeat, NGX_STREAM_IM_REDIS_HEARTBEAT);
+}
+
+
+static void
+ngx_stream_im_redis_heartbeat_reply(ngx_stream_im_session_t *ctx,
+    ngx_stream_im_ref_t *ref, redisReply *r)
+{
+    ngx_stream_im_redis.heartbeat_pending = 0;
+
+    if (r && r->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "redis refused the heartbeat: %s", r->str);
+    }
 }
 
 
@@ -639,21 +668,36 @@ ngx_stream_im_redis_reply(ngx_stream_im_redis_conn_t *rc, redisReply *r)
     rc->cb_head = (rc->cb_head + 1) & (rc->cb_size - 1);
     rc->cb_count--;
 
-    if (cb.handler == NULL) {
-        if (r->type == REDIS_REPLY_ERROR) {
-            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
-                          "redis error: %s", r->str);
-        }
-
-        return NGX_OK;
-    }
-
     if (r->type == REDIS_REPLY_ERROR
         && ngx_strncmp(r->str, "NOSCRIPT", 8) == 0)
     {
-        /* someone flushed the script cache: answer "unavailable", reload */
+        /* someone flushed the script cache: "unavailable", and reload */
+
+        ctx = ngx_stream_im_session_lookup(&cb.ref);
+
+        if (cb.handler && (ctx || cb.ref.number == 0)) {
+            cb.handler(ctx, &cb.ref, NULL);
+        }
 
         ngx_stream_im_redis_fail("script cache flushed");
+        return NGX_OK;
+    }
+
+    if (cb.handler == NULL) {
+        if (r->type == REDIS_REPLY_ERROR) {
+
+            /* a script's refusal is the client's fault, not Redis' */
+
+            if (ngx_stream_im_redis_refusal(r)) {
+                ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                              "request refused: %s", r->str);
+
+            } else {
+                ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                              "redis error: %s", r->str);
+            }
+        }
+
         return NGX_OK;
     }
 
@@ -674,6 +718,18 @@ ngx_stream_im_redis_log_error(ngx_log_t *log, u_char *buf, size_t len)
 
     return ngx_snprintf(buf, len, " while %s %V", log->action,
                         &rd->addr->name);
+}
+
+
+/* the scripts refuse bad requests with "<CODE> <reason>" */
+
+ngx_int_t
+ngx_stream_im_redis_refusal(redisReply *r)
+{
+    return r->type == REDIS_REPLY_ERROR
+           && (ngx_strncmp(r->str, "FORBIDDEN ", 10) == 0
+               || ngx_strncmp(r->str, "TOO_LARGE ", 10) == 0
+               || ngx_strncmp(r->str, "NOT_FOUND ", 10) == 0);
 }
 
 

@@ -32,6 +32,19 @@ typedef struct {
 } ngx_stream_im_user_t;
 
 
+/* a session that ended while Redis was away: its route goes later */
+
+typedef struct ngx_stream_im_gone_s  ngx_stream_im_gone_t;
+
+struct ngx_stream_im_gone_s {
+    ngx_stream_im_gone_t      *next;
+    ngx_str_t                  args[2];     /* user, session id */
+};
+
+
+#define NGX_STREAM_IM_GONE_MAX      100000
+
+
 static ngx_stream_im_user_t *ngx_stream_im_router_user(ngx_str_t *name);
 static void ngx_stream_im_router_fanout(ngx_str_t *name,
     ngx_stream_im_msg_t *msg, ngx_stream_im_msg_id_t *mid,
@@ -43,12 +56,15 @@ static void ngx_stream_im_router_logged_in(ngx_stream_im_session_t *ctx,
 static void ngx_stream_im_router_page(ngx_stream_im_session_t *ctx,
     ngx_stream_im_ref_t *ref, redisReply *r);
 static void ngx_stream_im_router_remove(ngx_stream_im_session_t *ctx);
+static void ngx_stream_im_router_forget(ngx_stream_im_session_t *ctx);
 
 
 static ngx_rbtree_t          ngx_stream_im_users;
 static ngx_rbtree_node_t     ngx_stream_im_users_sentinel;
 static ngx_queue_t           ngx_stream_im_users_all;
 static ngx_str_t             ngx_stream_im_sid_prefix;
+static ngx_stream_im_gone_t *ngx_stream_im_gone;
+static ngx_uint_t            ngx_stream_im_gone_n;
 
 
 ngx_int_t
@@ -222,6 +238,9 @@ ngx_stream_im_router_logged_in(ngx_stream_im_session_t *ctx,
         || r->element[0]->type != REDIS_REPLY_INTEGER
         || r->element[1]->type != REDIS_REPLY_STRING)
     {
+        /* the script may have run before the link broke */
+
+        ngx_stream_im_router_forget(ctx);
         ngx_stream_im_router_remove(ctx);
 
         (void) ngx_stream_im_send_error(ctx, ref->id,
@@ -289,9 +308,6 @@ ngx_stream_im_router_logged_in(ngx_stream_im_session_t *ctx,
 void
 ngx_stream_im_router_logout(ngx_stream_im_session_t *ctx)
 {
-    ngx_str_t  args[2];
-    u_char     sid[NGX_STREAM_IM_SID_MAX];
-
     if (ctx->owner == NULL) {
         return;
     }
@@ -300,13 +316,48 @@ ngx_stream_im_router_logout(ngx_stream_im_session_t *ctx)
 
     /* also while logging in: the login script may have added the route */
 
+    ngx_stream_im_router_forget(ctx);
+}
+
+
+static void
+ngx_stream_im_router_forget(ngx_stream_im_session_t *ctx)
+{
+    ngx_str_t              args[2];
+    ngx_stream_im_gone_t  *g;
+    u_char                 sid[NGX_STREAM_IM_SID_MAX];
+
     args[0] = ctx->user;
     args[1] = *ngx_stream_im_router_session_id(ctx, sid);
 
-    /* if Redis is down now, the route dies with this worker's alive key */
+    if (ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_LOGOUT, 0, NULL, 2,
+                                 args, NULL, NULL)
+        == NGX_OK)
+    {
+        return;
+    }
 
-    (void) ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_LOGOUT, 0, NULL, 2,
-                                    args, NULL, NULL);
+    /* Redis is away: remove the route when it is back */
+
+    if (ngx_stream_im_gone_n == NGX_STREAM_IM_GONE_MAX) {
+        return;
+    }
+
+    g = ngx_alloc(sizeof(ngx_stream_im_gone_t) + args[0].len + args[1].len,
+                  ngx_cycle->log);
+    if (g == NULL) {
+        return;
+    }
+
+    g->args[0].data = (u_char *) (g + 1);
+    g->args[0].len = args[0].len;
+    g->args[1].data = ngx_cpymem(g->args[0].data, args[0].data, args[0].len);
+    g->args[1].len = args[1].len;
+    ngx_memcpy(g->args[1].data, args[1].data, args[1].len);
+
+    g->next = ngx_stream_im_gone;
+    ngx_stream_im_gone = g;
+    ngx_stream_im_gone_n++;
 }
 
 
@@ -670,8 +721,24 @@ void
 ngx_stream_im_router_redis_up(void)
 {
     ngx_queue_t              *uq, *q;
+    ngx_stream_im_gone_t     *g;
     ngx_stream_im_user_t     *u;
     ngx_stream_im_session_t  *ctx;
+
+    while (ngx_stream_im_gone) {
+        g = ngx_stream_im_gone;
+
+        if (ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_LOGOUT, 0, NULL, 2,
+                                     g->args, NULL, NULL)
+            != NGX_OK)
+        {
+            return;
+        }
+
+        ngx_stream_im_gone = g->next;
+        ngx_stream_im_gone_n--;
+        ngx_free(g);
+    }
 
     ngx_stream_im_presence_redis_up();
 
