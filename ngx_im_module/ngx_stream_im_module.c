@@ -283,7 +283,8 @@ ngx_stream_im_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_stream_im_srv_conf_t *prev = parent;
     ngx_stream_im_srv_conf_t *conf = child;
 
-    ngx_stream_im_main_conf_t  *imcf;
+    ngx_stream_im_main_conf_t   *imcf;
+    ngx_stream_core_srv_conf_t  *cscf;
 
     if (conf->keys.nelts == 0) {
         conf->keys = prev->keys;
@@ -344,6 +345,15 @@ ngx_stream_im_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
     }
 
     imcf = ngx_stream_conf_get_module_main_conf(cf, ngx_stream_im_module);
+
+    cscf = ngx_stream_conf_get_module_srv_conf(cf, ngx_stream_core_module);
+
+    if (conf->enabled && cscf->handler != ngx_stream_im_session_handler) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"im\" conflicts with another content handler "
+                           "(proxy_pass, return, ...) in the same server");
+        return NGX_CONF_ERROR;
+    }
 
     if (conf->enabled && conf->keys.nelts == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
