@@ -352,7 +352,8 @@ ngx_int_t ngx_stream_im_dispatch(ngx_stream_im_session_t *ctx, Im__Frame *f);
 ngx_stream_im_arena_t *ngx_stream_im_worker_arena(void);
 
 
-extern ngx_module_t  ngx_stream_im_module;
+extern ngx_module_t      ngx_stream_im_module;
+extern ngx_connection_t  ngx_stream_im_timer_ident;
 
 
 #endif /* _NGX_STREAM_IM_H_INCLUDED_ */

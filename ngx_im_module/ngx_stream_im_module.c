@@ -200,6 +200,10 @@ ngx_module_t  ngx_stream_im_module = {
 static ngx_stream_im_arena_t  ngx_stream_im_arena;
 
 
+/* what a timer that is not a connection's shows nginx's debug log */
+ngx_connection_t  ngx_stream_im_timer_ident;
+
+
 static void *
 ngx_stream_im_create_main_conf(ngx_conf_t *cf)
 {
@@ -696,6 +700,8 @@ ngx_stream_im_init_process(ngx_cycle_t *cycle)
     if (imcf == NULL || !imcf->enabled) {
         return NGX_OK;
     }
+
+    ngx_stream_im_timer_ident.fd = (ngx_socket_t) -1;
 
     /*
      * protobuf-c copies every string and adds a struct per message,

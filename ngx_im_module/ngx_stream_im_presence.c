@@ -165,7 +165,7 @@ ngx_stream_im_presence_sub(ngx_stream_im_session_t *ctx, Im__Frame *f)
             watch->sn.node.key = ngx_crc32_short(user.data, user.len);
 
             watch->timer.handler = ngx_stream_im_presence_timer;
-            watch->timer.data = watch;
+            watch->timer.data = &ngx_stream_im_timer_ident;
             watch->timer.log = ngx_cycle->log;
             watch->timer.cancelable = 1;
 
@@ -346,7 +346,8 @@ ngx_stream_im_presence_timer(ngx_event_t *ev)
     ngx_stream_im_watch_t    *watch;
     ngx_stream_im_watcher_t  *w;
 
-    watch = ev->data;
+    watch = (ngx_stream_im_watch_t *)
+                ((u_char *) ev - offsetof(ngx_stream_im_watch_t, timer));
 
     if (watch->online == watch->told) {
         return;

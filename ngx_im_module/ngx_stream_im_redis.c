@@ -165,10 +165,12 @@ ngx_stream_im_redis_init_worker(ngx_cycle_t *cycle, ngx_addr_t *addr)
     }
 
     rd->reconnect.handler = ngx_stream_im_redis_reconnect_handler;
+    rd->reconnect.data = &ngx_stream_im_timer_ident;
     rd->reconnect.log = cycle->log;
     rd->reconnect.cancelable = 1;
 
     rd->heartbeat.handler = ngx_stream_im_redis_heartbeat_handler;
+    rd->heartbeat.data = &ngx_stream_im_timer_ident;
     rd->heartbeat.log = cycle->log;
     rd->heartbeat.cancelable = 1;
 

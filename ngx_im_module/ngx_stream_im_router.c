@@ -393,6 +393,7 @@ ngx_stream_im_router_replay(ngx_stream_im_session_t *ctx)
     ngx_stream_im_ref_t   ref;
     u_char                key[NGX_STREAM_IM_KEY_MAX];
     u_char                start[2 + 2 * NGX_INT64_LEN];
+    u_char                count[NGX_INT_T_LEN];
 
     ctx->replaying = 1;
     ctx->replay_again = 0;
@@ -416,7 +417,9 @@ ngx_stream_im_router_replay(ngx_stream_im_session_t *ctx)
 
     ngx_str_set(&argv[3], "+");
     ngx_str_set(&argv[4], "COUNT");
-    ngx_str_set(&argv[5], "100");
+
+    argv[5].data = count;
+    argv[5].len = ngx_sprintf(count, "%d", NGX_STREAM_IM_REPLAY_PAGE) - count;
 
     ngx_stream_im_session_ref(ctx, &ref, 0);
 
@@ -449,7 +452,20 @@ ngx_stream_im_router_page(ngx_stream_im_session_t *ctx,
         return;
     }
 
+    iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
+
     for (i = 0; i < r->elements; i++) {
+
+        /*
+         * a replay never fills the send queue: it waits for the client
+         * to read, then goes on after the last entry queued
+         */
+
+        if (ctx->out_bytes > iscf->send_queue / 2) {
+            ctx->replaying = 1;
+            ctx->replay_paused = 1;
+            return;
+        }
 
         if (ngx_stream_im_router_entry(r->element[i], &id, &mid, &partial)
             != NGX_OK)
@@ -469,21 +485,9 @@ ngx_stream_im_router_page(ngx_stream_im_session_t *ctx,
         ctx->last = mid;
     }
 
-    if (r->elements < NGX_STREAM_IM_REPLAY_PAGE && !ctx->replay_again) {
-        return;
+    if (r->elements == NGX_STREAM_IM_REPLAY_PAGE || ctx->replay_again) {
+        ngx_stream_im_router_replay(ctx);
     }
-
-    /* more to come: unless the client is slow, read the next page now */
-
-    iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
-
-    if (ctx->out_bytes > iscf->send_queue / 2) {
-        ctx->replaying = 1;
-        ctx->replay_paused = 1;
-        return;
-    }
-
-    ngx_stream_im_router_replay(ctx);
 }
 
 

@@ -613,29 +613,15 @@ ngx_stream_im_chunk(ngx_stream_im_session_t *ctx,
 {
     ngx_int_t  rc;
 
-    if (ch->last && ch->opcode != NGX_STREAM_IM_WS_CLOSE) {
+    if (ch->last && ch->opcode == NGX_STREAM_IM_WS_PING) {
         rc = ngx_stream_im_rate(ctx, 1, 0);
 
-        if (rc == NGX_ABORT) {
-            return NGX_OK;
-        }
+        if (rc != NGX_OK) {
 
-        if (rc == NGX_DECLINED) {
-
-            /* over the rate: the frame is dropped, a request is told so */
+            /* over the rate: no pong */
 
             ngx_stream_im_free_partial(ctx);
-
-            if (ch->opcode != NGX_STREAM_IM_WS_BINARY) {
-                return NGX_OK;
-            }
-
-            ngx_log_error(NGX_LOG_INFO, ctx->session->connection->log, 0,
-                          "client is over im_rate");
-
-            return ngx_stream_im_send_error(ctx, 0,
-                                            IM__ERROR__CODE__RATE_LIMITED,
-                                            "over the rate limit");
+            return NGX_OK;
         }
     }
 
@@ -815,7 +801,14 @@ static ngx_int_t
 ngx_stream_im_message(ngx_stream_im_session_t *ctx, u_char *data,
     size_t len)
 {
+    ngx_int_t   rc;
     Im__Frame  *f;
+
+    rc = ngx_stream_im_rate(ctx, 1, 0);
+
+    if (rc == NGX_ABORT) {
+        return NGX_OK;
+    }
 
     f = ngx_stream_im_decode(ngx_stream_im_worker_arena(), data, len);
 
@@ -825,6 +818,18 @@ ngx_stream_im_message(ngx_stream_im_session_t *ctx, u_char *data,
 
         return ngx_stream_im_send_error(ctx, 0, IM__ERROR__CODE__BAD_FRAME,
                                         "not an im.Frame");
+    }
+
+    if (rc == NGX_DECLINED) {
+
+        /* over the rate: the request is refused, with its id */
+
+        ngx_log_error(NGX_LOG_INFO, ctx->session->connection->log, 0,
+                      "client is over im_rate");
+
+        return ngx_stream_im_send_error(ctx, f->id,
+                                        IM__ERROR__CODE__RATE_LIMITED,
+                                        "over the rate limit");
     }
 
     return ngx_stream_im_dispatch(ctx, f);
@@ -1014,7 +1019,9 @@ ngx_stream_im_queue(ngx_stream_im_session_t *ctx, ngx_stream_im_msg_t *msg)
     iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
 
     if (ctx->out_bytes + msg->len > iscf->send_queue
-        && ctx->state == NGX_STREAM_IM_OPEN)
+        && ctx->state == NGX_STREAM_IM_OPEN
+        && (ngx_stream_im_flush(ctx) == NGX_ERROR
+            || ctx->out_bytes + msg->len > iscf->send_queue))
     {
         /* a client that cannot keep up replays from its cursor later */
 
