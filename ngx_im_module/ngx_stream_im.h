@@ -225,6 +225,7 @@ typedef struct {
 #define NGX_STREAM_IM_OPEN             1
 #define NGX_STREAM_IM_CLOSING          2   /* close sent, awaiting peer's */
 #define NGX_STREAM_IM_LAST_WRITE       3   /* close once output is sent */
+#define NGX_STREAM_IM_LINGER           4   /* output sent, draining input */
 
 
 /* handshake: pure */
@@ -278,6 +279,8 @@ ngx_int_t ngx_stream_im_send_frame(ngx_stream_im_session_t *ctx,
 ngx_int_t ngx_stream_im_send_error(ngx_stream_im_session_t *ctx,
     uint32_t id, Im__Error__Code code, char *reason);
 void ngx_stream_im_close(ngx_stream_im_session_t *ctx, ngx_uint_t status,
+    char *reason);
+void ngx_stream_im_fail(ngx_stream_im_session_t *ctx, ngx_uint_t status,
     char *reason);
 
 void ngx_stream_im_session_signed_in(ngx_stream_im_session_t *ctx);

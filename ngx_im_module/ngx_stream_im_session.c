@@ -24,6 +24,7 @@
 #define NGX_STREAM_IM_RECV_ROUNDS      8
 #define NGX_STREAM_IM_SEND_IOVS        64
 #define NGX_STREAM_IM_CLOSE_TIMEOUT    3000
+#define NGX_STREAM_IM_LINGER_TIMEOUT   2000
 
 #define NGX_STREAM_IM_WS_GUID  "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -54,6 +55,7 @@ static ngx_int_t ngx_stream_im_flush(ngx_stream_im_session_t *ctx);
 static void ngx_stream_im_drain(ngx_stream_im_session_t *ctx);
 static ngx_int_t ngx_stream_im_rate(ngx_stream_im_session_t *ctx,
     ngx_uint_t frames, size_t bytes);
+static void ngx_stream_im_linger(ngx_stream_im_session_t *ctx);
 static void ngx_stream_im_free_partial(ngx_stream_im_session_t *ctx);
 static void ngx_stream_im_finalize(ngx_stream_im_session_t *ctx);
 static void ngx_stream_im_cleanup(void *data);
@@ -229,6 +231,7 @@ ngx_stream_im_read_handler(ngx_event_t *rev)
             break;
 
         case NGX_STREAM_IM_LAST_WRITE:
+        case NGX_STREAM_IM_LINGER:
 
             /* the session is over; what the client still sends is moot */
 
@@ -291,6 +294,10 @@ ngx_stream_im_timeout(ngx_stream_im_session_t *ctx)
     case NGX_STREAM_IM_LAST_WRITE:
         ngx_log_error(NGX_LOG_INFO, c->log, NGX_ETIMEDOUT,
                       "client timed out in WebSocket close");
+        ngx_stream_im_finalize(ctx);
+        return;
+
+    case NGX_STREAM_IM_LINGER:
         ngx_stream_im_finalize(ctx);
         return;
     }
@@ -587,11 +594,9 @@ ngx_stream_im_read_frames(ngx_stream_im_session_t *ctx, ngx_buf_t *b)
                 return NGX_DONE;
             }
 
-            /* the rest of the read is part of the bad frame: drop it */
+            /* what follows cannot be parsed: say why and stop reading */
 
-            b->pos = b->last;
-
-            ngx_stream_im_close(ctx, ch.status, ch.reason);
+            ngx_stream_im_fail(ctx, ch.status, ch.reason);
 
             return NGX_OK;
         }
@@ -761,7 +766,8 @@ ngx_stream_im_control(ngx_stream_im_session_t *ctx, ngx_uint_t opcode,
                       "client sent invalid close frame");
 
         if (ctx->state == NGX_STREAM_IM_OPEN) {
-            ngx_stream_im_close(ctx, status, "invalid close frame");
+            ngx_stream_im_fail(ctx, status, "invalid close frame");
+            return NGX_OK;
         }
 
     } else if (ctx->state == NGX_STREAM_IM_OPEN) {
@@ -980,6 +986,52 @@ ngx_stream_im_session_lookup(ngx_stream_im_ref_t *ref)
 }
 
 
+/*
+ * Fails the WebSocket connection (RFC 6455 7.1.7): a close frame with
+ * the reason, then no more reading of frames.
+ */
+
+void
+ngx_stream_im_fail(ngx_stream_im_session_t *ctx, ngx_uint_t status,
+    char *reason)
+{
+    ngx_stream_im_close(ctx, status, reason);
+
+    ctx->state = NGX_STREAM_IM_LAST_WRITE;
+}
+
+
+/*
+ * All is sent: our FIN goes first, and what the client still sends is
+ * read and dropped for a while, so that no reset destroys the close
+ * frame or HTTP response in flight.
+ */
+
+static void
+ngx_stream_im_linger(ngx_stream_im_session_t *ctx)
+{
+    ngx_connection_t  *c;
+
+    c = ctx->session->connection;
+
+    if (c->ssl == NULL
+        && ngx_shutdown_socket(c->fd, NGX_WRITE_SHUTDOWN) == -1)
+    {
+        ngx_stream_im_finalize(ctx);
+        return;
+    }
+
+    ctx->state = NGX_STREAM_IM_LINGER;
+
+    c->read->cancelable = 0;
+    ngx_add_timer(c->read, NGX_STREAM_IM_LINGER_TIMEOUT);
+
+    if (c->read->ready) {
+        ngx_post_event(c->read, &ngx_posted_events);
+    }
+}
+
+
 ngx_stream_im_msg_t *
 ngx_stream_im_msg_alloc(size_t len, ngx_log_t *log)
 {
@@ -1081,7 +1133,7 @@ ngx_stream_im_write_handler(ngx_event_t *wev)
     }
 
     if (ctx->out == NULL && ctx->state == NGX_STREAM_IM_LAST_WRITE) {
-        ngx_stream_im_finalize(ctx);
+        ngx_stream_im_linger(ctx);
         return;
     }
 
