@@ -48,6 +48,8 @@ static ngx_int_t ngx_stream_im_sync(ngx_stream_im_session_t *ctx,
     Im__Frame *f);
 static void ngx_stream_im_synced(ngx_stream_im_session_t *ctx,
     ngx_stream_im_ref_t *ref, redisReply *r);
+static ngx_int_t ngx_stream_im_sync_done(ngx_stream_im_session_t *ctx,
+    uint32_t id, ngx_str_t *last, ngx_uint_t more);
 static ngx_int_t ngx_stream_im_pstrdup(ngx_stream_im_session_t *ctx,
     ngx_str_t *dst, u_char *src, size_t len);
 
@@ -269,6 +271,31 @@ failed:
                         "authentication failed");
 
     return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_stream_im_sync_done(ngx_stream_im_session_t *ctx, uint32_t id,
+    ngx_str_t *last, ngx_uint_t more)
+{
+    Im__Frame     f;
+    Im__SyncDone  done;
+
+    im__frame__init(&f);
+    im__sync_done__init(&done);
+
+    if (last && last->len) {
+        /* hiredis strings are NUL-terminated */
+        done.last = (char *) last->data;
+    }
+
+    done.more = more;
+
+    f.id = id;
+    f.body_case = IM__FRAME__BODY_SYNC_DONE;
+    f.sync_done = &done;
+
+    return ngx_stream_im_send_frame(ctx, &f);
 }
 
 
@@ -705,7 +732,7 @@ ngx_stream_im_sync(ngx_stream_im_session_t *ctx, Im__Frame *f)
     uint32_t                 limit;
     ngx_str_t                argv[6], after, before;
     ngx_stream_im_ref_t      ref;
-    ngx_stream_im_msg_id_t   mid;
+    ngx_stream_im_msg_id_t   mid_after, mid_before;
     u_char                   key[NGX_STREAM_IM_KEY_MAX];
     u_char                   lo[2 + 2 * NGX_INT64_LEN];
     u_char                   hi[2 + 2 * NGX_INT64_LEN];
@@ -724,9 +751,11 @@ ngx_stream_im_sync(ngx_stream_im_session_t *ctx, Im__Frame *f)
     }
 
     if ((after.len
-         && ngx_stream_im_msg_id_parse(after.data, after.len, &mid) != NGX_OK)
+         && ngx_stream_im_msg_id_parse(after.data, after.len, &mid_after)
+            != NGX_OK)
         || (before.len
-            && ngx_stream_im_msg_id_parse(before.data, before.len, &mid)
+            && ngx_stream_im_msg_id_parse(before.data, before.len,
+                                          &mid_before)
                != NGX_OK))
     {
         ngx_log_error(NGX_LOG_INFO, ctx->session->connection->log, 0,
@@ -735,6 +764,14 @@ ngx_stream_im_sync(ngx_stream_im_session_t *ctx, Im__Frame *f)
         return ngx_stream_im_send_error(ctx, f->id,
                                         IM__ERROR__CODE__BAD_FRAME,
                                         "bad msg_id");
+    }
+
+    /* nothing is after the last id or before the first: Redis says so */
+
+    if ((after.len && mid_after.ms == UINT64_MAX && mid_after.seq == UINT64_MAX)
+        || (before.len && mid_before.ms == 0 && mid_before.seq == 0))
+    {
+        return ngx_stream_im_sync_done(ctx, f->id, NULL, 0);
     }
 
     p = ngx_stream_im_router_key(key, "u", &ctx->user, "inbox");
@@ -800,8 +837,6 @@ ngx_stream_im_synced(ngx_stream_im_session_t *ctx, ngx_stream_im_ref_t *ref,
 {
     size_t                     i, n;
     ngx_str_t                  id, partial, last;
-    Im__Frame                  f;
-    Im__SyncDone               done;
     ngx_stream_im_msg_t       *msg;
     ngx_stream_im_msg_id_t     mid;
     ngx_stream_im_srv_conf_t  *iscf;
@@ -844,19 +879,5 @@ ngx_stream_im_synced(ngx_stream_im_session_t *ctx, ngx_stream_im_ref_t *ref,
         last = id;
     }
 
-    im__frame__init(&f);
-    im__sync_done__init(&done);
-
-    if (last.len) {
-        /* hiredis strings are NUL-terminated */
-        done.last = (char *) last.data;
-    }
-
-    done.more = (r->elements > i);
-
-    f.id = ref->id;
-    f.body_case = IM__FRAME__BODY_SYNC_DONE;
-    f.sync_done = &done;
-
-    (void) ngx_stream_im_send_frame(ctx, &f);
+    (void) ngx_stream_im_sync_done(ctx, ref->id, &last, r->elements > i);
 }

@@ -64,6 +64,12 @@ ngx_stream_im_handshake_parse(u_char *start, u_char *end,
 
     ngx_memzero(hs, sizeof(ngx_stream_im_handshake_t));
 
+    /* the request must end within the limit, however it arrived */
+
+    if (end - start > NGX_STREAM_IM_HANDSHAKE_MAX) {
+        end = start + NGX_STREAM_IM_HANDSHAKE_MAX;
+    }
+
     /* the request line */
 
     last = ngx_strlchr(start, end, '\n');

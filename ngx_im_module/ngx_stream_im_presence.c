@@ -30,7 +30,6 @@ typedef struct {
     ngx_event_t                timer;
     uint64_t                   last_seen;
     unsigned                   online:1;      /* as last heard */
-    unsigned                   told:1;        /* as last passed on */
 } ngx_stream_im_watch_t;
 
 
@@ -39,6 +38,8 @@ typedef struct {
     ngx_queue_t                own;           /* in the session */
     ngx_stream_im_session_t   *ctx;
     ngx_stream_im_watch_t     *watch;
+    unsigned                   told:1;        /* as last passed on */
+    unsigned                   known:1;       /* the answer is out */
 } ngx_stream_im_watcher_t;
 
 
@@ -51,6 +52,8 @@ static ngx_int_t ngx_stream_im_presence_send(ngx_stream_im_session_t *ctx,
     uint32_t id, ngx_str_t *user, ngx_uint_t online, uint64_t last_seen);
 static void ngx_stream_im_presence_timer(ngx_event_t *ev);
 static void ngx_stream_im_presence_unwatch(ngx_stream_im_watcher_t *w);
+static ngx_stream_im_watcher_t *ngx_stream_im_presence_watcher(
+    ngx_stream_im_watch_t *watch, ngx_stream_im_session_t *ctx);
 
 
 static ngx_rbtree_t          ngx_stream_im_watches;
@@ -109,7 +112,19 @@ ngx_stream_im_presence_sub(ngx_stream_im_session_t *ctx, Im__Frame *f)
                                         "no users");
     }
 
-    if (n + f->presence_sub->n_users > iscf->presence_max) {
+    for (i = 0; i < f->presence_sub->n_users; i++) {
+        user.data = (u_char *) f->presence_sub->users[i];
+        user.len = ngx_strlen(f->presence_sub->users[i]);
+
+        watch = ngx_stream_im_presence_watch(&user);
+
+        if (watch == NULL || ngx_stream_im_presence_watcher(watch, ctx) == NULL)
+        {
+            n++;
+        }
+    }
+
+    if (n > iscf->presence_max) {
         ngx_log_error(NGX_LOG_INFO, ctx->session->connection->log, 0,
                       "client watches over im_presence_max users");
 
@@ -179,18 +194,7 @@ ngx_stream_im_presence_sub(ngx_stream_im_session_t *ctx, Im__Frame *f)
 
         /* watching one user twice is watching it once */
 
-        for (q = ngx_queue_head(&watch->watchers);
-             q != ngx_queue_sentinel(&watch->watchers);
-             q = ngx_queue_next(q))
-        {
-            w = ngx_queue_data(q, ngx_stream_im_watcher_t, link);
-
-            if (w->ctx == ctx) {
-                break;
-            }
-        }
-
-        if (q != ngx_queue_sentinel(&watch->watchers)) {
+        if (ngx_stream_im_presence_watcher(watch, ctx)) {
             continue;
         }
 
@@ -201,6 +205,8 @@ ngx_stream_im_presence_sub(ngx_stream_im_session_t *ctx, Im__Frame *f)
 
         w->ctx = ctx;
         w->watch = watch;
+        w->told = 0;
+        w->known = 0;
         ngx_queue_insert_tail(&watch->watchers, &w->link);
         ngx_queue_insert_tail(&ctx->watching, &w->own);
     }
@@ -219,6 +225,28 @@ ngx_stream_im_presence_sub(ngx_stream_im_session_t *ctx, Im__Frame *f)
     }
 
     return NGX_OK;
+}
+
+
+static ngx_stream_im_watcher_t *
+ngx_stream_im_presence_watcher(ngx_stream_im_watch_t *watch,
+    ngx_stream_im_session_t *ctx)
+{
+    ngx_queue_t              *q;
+    ngx_stream_im_watcher_t  *w;
+
+    for (q = ngx_queue_head(&watch->watchers);
+         q != ngx_queue_sentinel(&watch->watchers);
+         q = ngx_queue_next(q))
+    {
+        w = ngx_queue_data(q, ngx_stream_im_watcher_t, link);
+
+        if (w->ctx == ctx) {
+            return w;
+        }
+    }
+
+    return NULL;
 }
 
 
@@ -243,11 +271,12 @@ static void
 ngx_stream_im_presence_state(ngx_stream_im_session_t *ctx,
     ngx_stream_im_ref_t *ref, redisReply *r)
 {
-    size_t                  i;
-    ngx_str_t               user;
-    ngx_uint_t              online;
-    redisReply            **e;
-    ngx_stream_im_watch_t  *watch;
+    size_t                    i;
+    ngx_str_t                 user;
+    ngx_uint_t                online;
+    redisReply              **e;
+    ngx_stream_im_watch_t    *watch;
+    ngx_stream_im_watcher_t  *w;
 
     if (r == NULL || r->type != REDIS_REPLY_ARRAY
         || r->elements != 3 * (size_t) ref->arg)
@@ -272,12 +301,14 @@ ngx_stream_im_presence_state(ngx_stream_im_session_t *ctx,
         user.len = e[i]->len;
         online = (e[i + 1]->integer != 0);
 
-        watch = ngx_stream_im_presence_watch(&user);
+        /* changes after this answer are passed on from this state */
 
-        if (watch && !watch->timer.timer_set) {
-            watch->online = online;
-            watch->told = online;
-            watch->last_seen = e[i + 2]->integer;
+        watch = ngx_stream_im_presence_watch(&user);
+        w = watch ? ngx_stream_im_presence_watcher(watch, ctx) : NULL;
+
+        if (w) {
+            w->told = online;
+            w->known = 1;
         }
 
         if (ngx_stream_im_presence_send(ctx, ref->id, &user, online,
@@ -333,9 +364,9 @@ ngx_stream_im_presence_event(ngx_str_t *user, ngx_str_t *payload)
     watch->last_seen = (uint64_t) ngx_atoi(payload->data + 2,
                                            payload->len - 2);
 
-    if (!watch->timer.timer_set) {
-        ngx_add_timer(&watch->timer, NGX_STREAM_IM_PRESENCE_COALESCE);
-    }
+    /* a change is passed on once it has held for a second */
+
+    ngx_add_timer(&watch->timer, NGX_STREAM_IM_PRESENCE_COALESCE);
 }
 
 
@@ -349,23 +380,22 @@ ngx_stream_im_presence_timer(ngx_event_t *ev)
     watch = (ngx_stream_im_watch_t *)
                 ((u_char *) ev - offsetof(ngx_stream_im_watch_t, timer));
 
-    if (watch->online == watch->told) {
-        return;
-    }
-
-    watch->told = watch->online;
-
     for (q = ngx_queue_head(&watch->watchers);
          q != ngx_queue_sentinel(&watch->watchers);
          q = ngx_queue_next(q))
     {
         w = ngx_queue_data(q, ngx_stream_im_watcher_t, link);
 
-        if (w->ctx->state == NGX_STREAM_IM_OPEN) {
-            (void) ngx_stream_im_presence_send(w->ctx, 0, &watch->sn.str,
-                                               watch->online,
-                                               watch->last_seen);
+        if (!w->known || w->told == watch->online
+            || w->ctx->state != NGX_STREAM_IM_OPEN)
+        {
+            continue;
         }
+
+        w->told = watch->online;
+
+        (void) ngx_stream_im_presence_send(w->ctx, 0, &watch->sn.str,
+                                           watch->online, watch->last_seen);
     }
 }
 

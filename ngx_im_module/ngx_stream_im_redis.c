@@ -593,8 +593,13 @@ ngx_stream_im_redis_read_handler(ngx_event_t *rev)
     rc = c->data;
 
     if (c->close) {
-        ngx_stream_im_redis_fail("shutdown timeout");
-        return;
+
+        /*
+         * worker_shutdown_timeout: the sessions are being closed and
+         * their routes must still go out, so the link stays until exit
+         */
+
+        c->close = 0;
     }
 
     for ( ;; ) {

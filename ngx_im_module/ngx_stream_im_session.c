@@ -190,7 +190,13 @@ ngx_stream_im_read_handler(ngx_event_t *rev)
 
         if (ctx->draining || ctx->state != NGX_STREAM_IM_OPEN) {
 
-            /* worker_shutdown_timeout: no more waiting */
+            /* worker_shutdown_timeout: a last word, no more waiting */
+
+            if (ctx->state == NGX_STREAM_IM_OPEN) {
+                ngx_stream_im_close(ctx, NGX_STREAM_IM_CLOSE_GOING_AWAY,
+                                    "server restarting");
+                (void) ngx_stream_im_flush(ctx);
+            }
 
             ngx_stream_im_finalize(ctx);
             return;

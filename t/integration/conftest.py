@@ -1,7 +1,8 @@
 """Fixtures of the ngx_im integration tests.
 
 Run: /usr/bin/python3 -m pytest -q -p no:cacheprovider t/integration
-Env: IM_MODULE (the module .so), IM_BUILD (the build directory).
+Env: IM_MODULE (the module .so), IM_BUILD (the build directory),
+IM_LOG_LEVEL (error_log level of the test nginx, default debug).
 
     pb          session: the generated im_pb2 module
     redis       a running Redis (function scope)
@@ -49,7 +50,7 @@ def redis(tmp_path, pb):
     r = imtest.Redis(tmp_path / "redis")
     r.start()
     yield r
-    r.stop()
+    r.stop(kill=True)       # nothing of it outlives the test
 
 
 def _stop_and_check(servers):
@@ -86,19 +87,23 @@ def pytest_runtest_call(item):
 @pytest.fixture
 def nginx(request, tmp_path, redis):
     """Factory: nginx(server_directives="", workers=1, main_directives="",
-    stream_directives="", redis_addr=None, start=True) -> imtest.Nginx.
+    stream_directives="", redis_addr=None, start=True, token_key=True)
+    -> imtest.Nginx.
 
-    Each call writes a config under tmp_path, runs nginx -t and starts
-    nginx (unless start=False); .port, .url, .error_log, .reload(),
-    .worker_pids(), .stop()."""
+    Each call writes a config under tmp_path (with a fresh im_token_key
+    unless server_directives has one), runs nginx -t and starts nginx
+    (unless start=False); .port, .url, .error_log, .reload(),
+    .worker_pids(), .stop(), .token(sub)."""
     servers = []
     request.node.stash[_servers_key] = servers
 
     def factory(server_directives="", workers=1, main_directives="",
-                stream_directives="", redis_addr=None, start=True):
+                stream_directives="", redis_addr=None, start=True,
+                token_key=True):
         n = imtest.Nginx(tmp_path / ("nginx%d" % len(servers)),
                          redis_addr or redis.addr, server_directives,
-                         workers, main_directives, stream_directives)
+                         workers, main_directives, stream_directives,
+                         token_key=token_key)
         servers.append(n)
         if start:
             n.start()
@@ -115,14 +120,16 @@ def nginx(request, tmp_path, redis):
 @pytest.fixture
 def nginx_t(tmp_path):
     """Factory: nginx_t(server_directives="", redis_addr="127.0.0.1:6379",
-    files=None, **conf_kw) -> (ok, output) of `nginx -t`.
+    files=None, token_key=True, **conf_kw) -> (ok, output) of `nginx -t`.
 
     files maps names to contents (str or bytes) written next to the config
-    first; "{dir}" in server_directives is replaced by that directory."""
+    first; "{dir}" in the directives is replaced by that directory.  A
+    valid im_token_key is added unless server_directives has one or
+    token_key is False."""
     count = [0]
 
     def factory(server_directives="", redis_addr="127.0.0.1:6379",
-                files=None, **conf_kw):
+                files=None, token_key=True, **conf_kw):
         d = tmp_path / ("conf%d" % count[0])
         count[0] += 1
         d.mkdir()
@@ -132,9 +139,16 @@ def nginx_t(tmp_path):
                 p.write_text(content)
             else:
                 p.write_bytes(content)
+        key = None
+        if token_key and "im_token_key" not in server_directives:
+            key = d / "default.pub"
+            imtest.write_key_file(key)
+        for k, v in conf_kw.items():
+            if isinstance(v, str):
+                conf_kw[k] = v.replace("{dir}", str(d))
         conf = imtest.nginx_conf(d, imtest.free_port(), redis_addr,
                                  server_directives.replace("{dir}", str(d)),
-                                 **conf_kw)
+                                 token_key=key, **conf_kw)
         (d / "nginx.conf").write_text(conf)
         return imtest.nginx_test(d / "nginx.conf", d)
 

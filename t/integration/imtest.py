@@ -14,7 +14,9 @@ owns, and every wait is bounded by a timeout.
     frame(), encode(), decode(), send_frame(), recv_frame()
     ws_frame()      raw bytes of one client WebSocket frame (any defect)
     RawClient       a plain socket client for hostile input
-    ed25519_*, paseto_v4_public(), key files for im_token_key
+    write_key_file()  an Ed25519 public key file for im_token_key
+    ed25519_*, paseto_v4_public(), mint_token(): tokens nginx accepts
+    (Nginx.token(sub) signs with the key its config was given)
 """
 
 import asyncio
@@ -44,6 +46,8 @@ NGINX = "/usr/sbin/nginx"
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+# the level of every test nginx's error_log (the [info] lines are asserted)
+LOG_LEVEL = os.environ.get("IM_LOG_LEVEL", "debug")
 
 # Any of these in error.log (or nginx's stderr) fails the test that ran it.
 BAD_LOG_PATTERNS = (
@@ -295,17 +299,31 @@ class Redis:
 # --------------------------------------------------------------------------
 # nginx
 
+def write_key_file(path, form="hex", seed=None):
+    """Write an Ed25519 public key file for im_token_key, form "hex" (64
+    hex digits) or "paserk" (k4.public.<base64url>), with a fresh key pair
+    unless seed is given.  Returns (seed, public key)."""
+    if seed is None:
+        seed = os.urandom(32)
+    pub = ed25519_public(seed)
+    text = pub.hex() if form == "hex" else paserk_public(pub)
+    with open(str(path), "w") as fp:
+        fp.write(text + "\n")
+    return seed, pub
+
+
 def nginx_conf(dir, port, redis_addr="127.0.0.1:6379", server_directives="",
                workers=1, main_directives="", stream_directives="",
-               module=None, im=True):
+               module=None, im=True, token_key=None):
     """The nginx.conf text of a test server; redis_addr=None leaves out
-    im_redis, im=False leaves out `im;`."""
+    im_redis, im=False leaves out `im;`, token_key is the path of a key
+    file for `im_token_key` (None: no such line)."""
     dir = str(dir)
     lines = [
         "load_module %s;" % STREAM_MODULE,
         "load_module %s;" % (module or IM_MODULE),
         "worker_processes %s;" % workers,
-        "error_log %s/error.log debug;" % dir,
+        "error_log %s/error.log %s;" % (dir, LOG_LEVEL),
         "pid %s/nginx.pid;" % dir,
         main_directives,
         "events {",
@@ -317,6 +335,7 @@ def nginx_conf(dir, port, redis_addr="127.0.0.1:6379", server_directives="",
         "        listen 127.0.0.1:%d;" % port,
         "        im;" if im else "",
         ("        im_redis %s;" % redis_addr) if redis_addr else "",
+        ("        im_token_key %s;" % token_key) if token_key else "",
         "        " + server_directives,
         "    }",
         "}",
@@ -337,11 +356,17 @@ def nginx_test(conf_path, prefix=None, timeout=30):
 
 class Nginx:
     """nginx (master + `workers` workers) serving `im;` on 127.0.0.1:port,
-    with its own nginx.conf, error.log (debug level) and pid file in dir."""
+    with its own nginx.conf, error.log (debug level, or $IM_LOG_LEVEL) and
+    pid file in dir.
+
+    Unless server_directives has its own im_token_key (or token_key=False),
+    a fresh Ed25519 key pair is made: the public key goes to dir/im.pub
+    for im_token_key, the secret seed stays in .token_seed and .token()
+    mints tokens nginx accepts."""
 
     def __init__(self, dir, redis_addr, server_directives="", workers=1,
                  main_directives="", stream_directives="", port=None,
-                 module=None):
+                 module=None, token_key=True):
         self.dir = str(dir)
         os.makedirs(self.dir, exist_ok=True)
         self.port = port or free_port()
@@ -354,11 +379,22 @@ class Nginx:
         self.proc = None
         self.problems = []      # e.g. "did not stop on SIGQUIT"
         self.checked = False
+        self.token_seed = self.token_pub = None
+        key_path = None
+        if token_key and "im_token_key" not in server_directives:
+            key_path = os.path.join(self.dir, "im.pub")
+            self.token_seed, self.token_pub = write_key_file(key_path)
         self.conf = nginx_conf(self.dir, self.port, redis_addr,
                                server_directives, workers, main_directives,
-                               stream_directives, module)
+                               stream_directives, module, token_key=key_path)
         with open(self.conf_path, "w") as fp:
             fp.write(self.conf)
+
+    def token(self, sub="alice", exp=3600, **claims):
+        """A v4.public token signed with this server's key: sub, exp in
+        seconds from now (an RFC 3339 string is used as is), more claims
+        as keyword arguments (None drops a claim)."""
+        return mint_token(self.token_seed, sub=sub, exp=exp, **claims)
 
     def test(self):
         """`nginx -t` on this server's config: (ok, output)."""
@@ -469,17 +505,34 @@ class Nginx:
         lines = self.error_log.splitlines()
         return "\n".join(lines[-n:]) + "\n--- stderr ---\n" + self.stderr[-3000:]
 
-    def find_log(self, pattern):
-        """The first regex match of pattern in error.log, or None."""
-        return re.search(pattern, self.error_log)
+    def log_mark(self):
+        """The current length of error.log, for find_log/wait_log(since=)."""
+        try:
+            return os.path.getsize(self.log_path)
+        except FileNotFoundError:
+            return 0
 
-    def wait_log(self, pattern, timeout=5):
-        """Wait until error.log has a line matching the regex; returns the
-        match (AssertionError with the log's tail on timeout)."""
+    def _log_since(self, since):
+        try:
+            with open(self.log_path, "rb") as fp:
+                fp.seek(since)
+                return fp.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def find_log(self, pattern, since=0):
+        """The first regex match of pattern in error.log (from byte offset
+        `since`, see log_mark()), or None."""
+        return re.search(pattern, self._log_since(since))
+
+    def wait_log(self, pattern, timeout=5, since=0):
+        """Wait until error.log (from byte offset `since`) has a line
+        matching the regex; returns the match (AssertionError with the
+        log's tail on timeout)."""
         rx = re.compile(pattern)
         try:
-            return wait_until(lambda: rx.search(self.error_log), timeout,
-                              0.02, "error.log line /%s/" % pattern)
+            return wait_until(lambda: rx.search(self._log_since(since)),
+                              timeout, 0.02, "error.log line /%s/" % pattern)
         except AssertionError as e:
             raise AssertionError("%s\n--- error.log tail ---\n%s"
                                  % (e, self.log_tail(20))) from None
@@ -543,11 +596,13 @@ def ws_key():
 
 
 def ws_frame(opcode, payload=b"", fin=True, mask=True, rsv=0, length=None,
-             length_form=None, header=None, mask_key=None):
+             length_form=None, header=None, mask_key=None,
+             length_override=None):
     """The bytes of one client frame, defects on request.
 
     rsv:         the 3 RSV bits (1 = RSV3, 4 = RSV1)
     length:      announced payload length instead of len(payload)
+                 (length_override is the same)
     length_form: 7, 16 or 64 forces that length encoding (non-minimal ones
                  included); default is the minimal one
     header:      raw bytes replacing the whole header (payload is appended
@@ -555,6 +610,8 @@ def ws_frame(opcode, payload=b"", fin=True, mask=True, rsv=0, length=None,
     mask_key:    4 bytes; random by default; mask=False sends no key"""
     if header is not None:
         return bytes(header) + bytes(payload)
+    if length is None:
+        length = length_override
     n = len(payload) if length is None else length
     b0 = (0x80 if fin else 0) | ((rsv & 7) << 4) | (opcode & 0x0F)
     m = 0x80 if mask else 0
@@ -696,7 +753,8 @@ class RawClient:
 
     def send_frame(self, opcode, payload=b"", split=None, delay=0.0, **kw):
         """Send one frame built by ws_frame(opcode, payload, **kw): fin,
-        mask, rsv, length, length_form, header, mask_key."""
+        mask, rsv, length (or length_override), length_form, header,
+        mask_key."""
         self.send_raw(ws_frame(opcode, payload, **kw), split, delay)
 
     def send_pb(self, f, **kw):
@@ -927,3 +985,19 @@ def paseto_v4_public(seed, payload, footer=b"", implicit=b""):
     if footer:
         token += "." + b64url(footer)
     return token
+
+
+def rfc3339(t):
+    """An RFC 3339 UTC timestamp for a Unix time."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def mint_token(seed, sub="alice", exp=3600, footer=b"", **claims):
+    """A v4.public token with JSON claims: sub, exp (seconds from now, or
+    an RFC 3339 string), plus **claims; a None value drops a claim."""
+    import json
+    c = {"sub": sub,
+         "exp": exp if isinstance(exp, str) else rfc3339(time.time() + exp)}
+    c.update(claims)
+    c = {k: v for k, v in c.items() if v is not None}
+    return paseto_v4_public(seed, json.dumps(c), footer)

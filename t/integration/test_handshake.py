@@ -35,8 +35,10 @@ def test_upgrade_with_websockets_library(nginx):
     n = nginx(LONG)
 
     async def go():
+        # the library offers permessage-deflate: ngx_im takes no extension
         async with ws_connect(n.url) as ws:
             assert ws.subprotocol is None
+            assert "Sec-WebSocket-Extensions" not in ws.response_headers
             await send_frame(ws, frame(id=1, ping={"ts_ms": 7}))
             f = await recv_frame(ws)
             assert (body(f), f.id, f.pong.ts_ms) == ("pong", 1, 7)
@@ -223,6 +225,21 @@ def test_request_over_8k_without_end_is_431(nginx, split):
         status, _ = c.read_response(timeout=5)
         assert status == 431, c.response
         assert c.wait_eof(5)
+    n.wait_log(info("handshake too large"))
+
+
+@pytest.mark.parametrize("split", [None, 4096], ids=["one-write", "pieces"])
+def test_complete_request_over_8k_is_431_however_it_arrives(nginx, split):
+    # the 8 KiB limit must not depend on how TCP cuts the request
+    n = nginx()
+    with RawClient(n.port) as c:
+        req = c.request(extra_headers=[("X-Pad", "a" * 20000)])
+        try:
+            c.send_raw(req, split=split, delay=0.01 if split else 0)
+        except (BrokenPipeError, ConnectionResetError):
+            pass            # the server may answer before the last piece
+        status, _ = c.read_response()
+        assert status == 431, c.response
     n.wait_log(info("handshake too large"))
 
 
