@@ -39,9 +39,11 @@ import weakref
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
-IM_BUILD = os.environ.get("IM_BUILD", os.path.join(REPO, "build"))
-IM_MODULE = os.environ.get("IM_MODULE",
-                           os.path.join(IM_BUILD, "ngx_stream_im_module.so"))
+# absolute: nginx resolves a relative load_module path against its prefix
+IM_BUILD = os.path.abspath(os.environ.get("IM_BUILD",
+                                          os.path.join(REPO, "build")))
+IM_MODULE = os.path.abspath(os.environ.get(
+    "IM_MODULE", os.path.join(IM_BUILD, "ngx_stream_im_module.so")))
 NGINX = "/usr/sbin/nginx"
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
