@@ -6,6 +6,8 @@
 #   ./build.sh build   build build/ngx_stream_im_module.so and the tools
 #   ./build.sh run     deps + build, then redis-server and nginx on loopback
 #   ./build.sh test    deps + build + every test (unit, integration)
+#   ./build.sh bench   deps + build, then the benchmark (bench/run:
+#                      --sessions N, --peers); figures in build/bench
 #
 # Everything is written under build/; nothing outside the repo but apt.
 
@@ -149,9 +151,22 @@ build_tools() {
 }
 
 
+# the load generator of ./build.sh bench (docs/benchmarks.md)
+build_bench() {
+    local pb=$ngx_src/objs/addon/im_proto
+
+    log "building im-bench"
+    cc -g -O2 -Wall -Wextra -Wno-unused-parameter -Werror \
+        -I"$pb" -I"$top/tools" \
+        "$top/tools/im_bench.c" "$top/tools/im_client.c" "$pb/im.pb-c.c" \
+        -lprotobuf-c -lsodium -ljansson -lcrypto -o "$build/im-bench"
+}
+
+
 build_all() {
     build_module
     build_tools
+    build_bench
     build_unit
 }
 
@@ -250,6 +265,11 @@ case "$cmd" in
         build_all
         run_servers
         ;;
+    bench)
+        deps
+        build_all
+        exec "$top/bench/run" "$@"
+        ;;
     test)
         deps
         build_all
@@ -259,7 +279,7 @@ case "$cmd" in
         exit $rc
         ;;
     *)
-        sed -n '3,9s/^# \{0,1\}//p' "$0"
+        sed -n '3,11s/^# \{0,1\}//p' "$0"
         exit 2
         ;;
 esac

@@ -13,9 +13,11 @@
 
 /*
  * What happens inside Redis, one round trip each.  A message is stored
- * in every recipient's inbox under one stream id, greater than the last
- * id of each of them, so a message has the same msg_id everywhere; then
- * each distinct live route gets one PUBLISH:
+ * in every recipient's inbox under one stream id, made of the time and a
+ * global counter (im:seq), or past the last id of them all when an inbox
+ * is ahead of the clock, so a message has the same msg_id everywhere;
+ * then each distinct live route, but the sending session's, gets one
+ * PUBLISH:
  *
  *     <kind><msg id>\n<origin session>\n<user> <user>...\n<data>
  *
@@ -25,7 +27,7 @@
 
 
 #define NGX_STREAM_IM_LUA_ROUTES                                              \
-    "local function routes(users, alive, out)\n"                              \
+    "local function routes(users, origin, alive, out)\n"                      \
     "  for _, u in ipairs(users) do\n"                                        \
     "    local rk = 'im:{u:' .. u .. '}:routes'\n"                            \
     "    local r = redis.call('HGETALL', rk)\n"                               \
@@ -34,7 +36,9 @@
     "      if alive[ch] == nil then\n"                                        \
     "        alive[ch] = redis.call('EXISTS', ch .. ':alive')\n"              \
     "      end\n"                                                             \
-    "      if alive[ch] == 1 then\n"                                          \
+    "      if r[i] == origin then\n"                                          \
+    "        -- the sending session has its SendAck\n"                        \
+    "      elseif alive[ch] == 1 then\n"                                      \
     "        local l = out[ch]\n"                                             \
     "        if l == nil then l = {seen = {}}; out[ch] = l end\n"             \
     "        if not l.seen[u] then\n"                                         \
@@ -72,12 +76,6 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
     { ngx_string(
           NGX_STREAM_IM_LUA_ROUTES
           "local entry, sender, cmid = ARGV[1], ARGV[3], ARGV[5]\n"
-          "local dedup\n"
-          "if cmid ~= '' then\n"
-          "  dedup = 'im:{u:' .. sender .. '}:dedup:' .. cmid\n"
-          "  local prev = redis.call('GET', dedup)\n"
-          "  if prev then return {prev, cmid} end\n"
-          "end\n"
           "local users = members(ARGV[6], ARGV[7], sender, ARGV[8])\n"
           "if users.err then return users end\n"
           "if ARGV[6] ~= 'g' and ARGV[7] ~= sender then\n"
@@ -85,12 +83,36 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
           "end\n"
           "local t = redis.call('TIME')\n"
           "local ms = tonumber(t[1]) * 1000 + math.floor(t[2] / 1000)\n"
-          "local seq = 0\n"
-          "for _, u in ipairs(users) do\n"
-          "  local ok, info = pcall(redis.call, 'XINFO', 'STREAM',\n"
-          "                         'im:{u:' .. u .. '}:inbox')\n"
-          "  if ok then\n"
-          "    for i = 1, #info, 2 do\n"
+          "local id = string.format('%.0f-%.0f', ms,\n"
+          "                         redis.call('INCR', 'im:seq'))\n"
+          "local dedup\n"
+          "if cmid ~= '' then\n"
+          "  dedup = 'im:{u:' .. sender .. '}:dedup:' .. cmid\n"
+          "  local prev = redis.call('SET', dedup, id, 'NX', 'GET',\n"
+          "                          'EX', 86400)\n"
+          "  if prev then return {prev, cmid} end\n"
+          "end\n"
+          "local function store(id)\n"
+          "  for n, u in ipairs(users) do\n"
+          "    local inbox = 'im:{u:' .. u .. '}:inbox'\n"
+          "    local r = redis.pcall('XADD', inbox, 'MAXLEN', '~', ARGV[2],\n"
+          "                          id, 'm', entry)\n"
+          "    if type(r) == 'table' and r.err then\n"
+          "      for k = 1, n - 1 do\n"
+          "        redis.call('XDEL', 'im:{u:' .. users[k] .. '}:inbox', id)\n"
+          "      end\n"
+          "      return false\n"
+          "    end\n"
+          "  end\n"
+          "  return true\n"
+          "end\n"
+          "if not store(id) then\n"
+          "  -- an inbox is ahead of the clock: go past the last of them all\n"
+          "  local seq = 0\n"
+          "  for _, u in ipairs(users) do\n"
+          "    local ok, info = pcall(redis.call, 'XINFO', 'STREAM',\n"
+          "                           'im:{u:' .. u .. '}:inbox')\n"
+          "    for i = 1, ok and #info or 0, 2 do\n"
           "      if info[i] == 'last-generated-id' then\n"
           "        local a, b = string.match(info[i + 1], '^(%d+)-(%d+)$')\n"
           "        a, b = tonumber(a), tonumber(b)\n"
@@ -100,19 +122,19 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
           "      end\n"
           "    end\n"
           "  end\n"
-          "end\n"
-          "local id = string.format('%.0f-%.0f', ms, seq)\n"
-          "for _, u in ipairs(users) do\n"
-          "  redis.call('XADD', 'im:{u:' .. u .. '}:inbox', 'MAXLEN', '~',\n"
-          "             ARGV[2], id, 'm', entry)\n"
+          "  id = string.format('%.0f-%.0f', ms, seq)\n"
+          "  if not store(id) then\n"
+          "    if dedup then redis.call('DEL', dedup) end\n"
+          "    return redis.error_reply('ERR the message was not stored')\n"
+          "  end\n"
+          "  if dedup then redis.call('SET', dedup, id, 'EX', 86400) end\n"
           "end\n"
           "local out = {}\n"
-          "routes(users, {}, out)\n"
+          "routes(users, ARGV[4], {}, out)\n"
           "for ch, l in pairs(out) do\n"
           "  redis.call('PUBLISH', ch, 'm' .. id .. '\\n' .. ARGV[4] .. '\\n'\n"
           "             .. table.concat(l, ' ') .. '\\n' .. entry)\n"
           "end\n"
-          "if dedup then redis.call('SET', dedup, id, 'EX', 86400) end\n"
           "return {id, cmid}\n"),
       "" },
 
@@ -158,7 +180,7 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
           "  if u ~= sender then others[#others + 1] = u end\n"
           "end\n"
           "local out = {}\n"
-          "routes(others, {}, out)\n"
+          "routes(others, ARGV[6], {}, out)\n"
           "for ch, l in pairs(out) do\n"
           "  redis.call('PUBLISH', ch, 't\\n' .. ARGV[6] .. '\\n'\n"
           "             .. table.concat(l, ' ') .. '\\n' .. ARGV[4])\n"
