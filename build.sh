@@ -5,9 +5,12 @@
 #   ./build.sh deps    install the Debian packages the project needs
 #   ./build.sh build   build build/ngx_stream_im_module.so and the tools
 #   ./build.sh run     deps + build, then redis-server and nginx on loopback
-#   ./build.sh test    deps + build + every test (unit, integration)
+#   ./build.sh test    deps + build + every test: unit, integration,
+#                      conformance, a sanitizer pass, a short fuzz run
 #   ./build.sh bench   deps + build, then the benchmark (bench/run:
 #                      --sessions N, --peers); figures in build/bench
+#   ./build.sh fuzz [seconds]
+#                      deps + build, then each fuzz target (60 s each)
 #
 # Everything is written under build/; nothing outside the repo but apt.
 
@@ -26,6 +29,7 @@ packages=(
     libhiredis-dev libsodium-dev libjansson-dev
     redis-server
     python3 python3-pytest python3-websockets python3-protobuf
+    python3-autobahn clang libclang-rt-14-dev llvm
 )
 
 
@@ -190,6 +194,26 @@ run_integration() {
 }
 
 
+# the WebSocket conformance suite (Autobahn's categories, and more)
+run_conformance() {
+    log "conformance tests"
+    IM_MODULE="$build/ngx_stream_im_module.so" IM_BUILD="$build" \
+        "$python" -m pytest -q -p no:cacheprovider "$top/t/conformance"
+}
+
+
+# the module built with ASan and UBSan, under the integration tests
+run_sanitized() {
+    log "sanitizer pass"
+    "$top/t/sanitize.sh" all
+}
+
+
+run_fuzz() {
+    "$top/t/fuzz/run" "$@"
+}
+
+
 run_servers() {
     local dir=$build/run
     local port=${IM_PORT:-8080}
@@ -270,16 +294,24 @@ case "$cmd" in
         build_all
         exec "$top/bench/run" "$@"
         ;;
+    fuzz)
+        deps
+        build_all
+        run_fuzz "${1:-60}"
+        ;;
     test)
         deps
         build_all
         rc=0
         run_unit || rc=1
         run_integration "$@" || rc=1
+        run_conformance || rc=1
+        run_sanitized || rc=1
+        run_fuzz --ci || rc=1
         exit $rc
         ;;
     *)
-        sed -n '3,11s/^# \{0,1\}//p' "$0"
+        sed -n '3,14s/^# \{0,1\}//p' "$0"
         exit 2
         ;;
 esac

@@ -199,15 +199,15 @@ ngx_stream_im_msg_id_parse(u_char *p, size_t len, ngx_stream_im_msg_id_t *id)
     u_char    *end;
     uint64_t  *v, d;
 
-    end = p + len;
-    v = &id->ms;
-
     id->ms = 0;
     id->seq = 0;
 
     if (len == 0 || len > 41) {
         return NGX_ERROR;
     }
+
+    end = p + len;
+    v = &id->ms;
 
     for ( ;; ) {
         if (p == end || *p < '0' || *p > '9') {

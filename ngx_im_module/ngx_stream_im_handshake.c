@@ -20,7 +20,8 @@
 
 static ngx_int_t ngx_stream_im_handshake_header(ngx_stream_im_handshake_t *hs,
     u_char *name, size_t nlen, u_char *value, size_t vlen);
-static ngx_int_t ngx_stream_im_has_token(u_char *p, size_t len, char *token);
+static ngx_int_t ngx_stream_im_has_token(u_char *p, size_t len, char *token,
+    ngx_uint_t nocase);
 static ngx_int_t ngx_stream_im_equal_nocase(u_char *a, size_t len, char *b);
 static ngx_int_t ngx_stream_im_valid_key(u_char *p, size_t len);
 
@@ -195,12 +196,12 @@ ngx_stream_im_handshake_header(ngx_stream_im_handshake_t *hs, u_char *name,
         hs->seen |= NGX_STREAM_IM_HS_HOST;
 
     } else if (ngx_stream_im_equal_nocase(name, nlen, "upgrade")) {
-        if (ngx_stream_im_has_token(value, vlen, "websocket")) {
+        if (ngx_stream_im_has_token(value, vlen, "websocket", 1)) {
             hs->seen |= NGX_STREAM_IM_HS_UPGRADE;
         }
 
     } else if (ngx_stream_im_equal_nocase(name, nlen, "connection")) {
-        if (ngx_stream_im_has_token(value, vlen, "upgrade")) {
+        if (ngx_stream_im_has_token(value, vlen, "upgrade", 1)) {
             hs->seen |= NGX_STREAM_IM_HS_CONNECTION;
         }
 
@@ -225,7 +226,9 @@ ngx_stream_im_handshake_header(ngx_stream_im_handshake_t *hs, u_char *name,
     } else if (ngx_stream_im_equal_nocase(name, nlen,
                                           "sec-websocket-protocol"))
     {
-        if (ngx_stream_im_has_token(value, vlen, "im.v1")) {
+        /* subprotocol names are case-sensitive, RFC 6455 4.1 */
+
+        if (ngx_stream_im_has_token(value, vlen, "im.v1", 0)) {
             hs->subprotocol = 1;
         }
 
@@ -242,10 +245,11 @@ ngx_stream_im_handshake_header(ngx_stream_im_handshake_t *hs, u_char *name,
 }
 
 
-/* a comma-separated list holds the token, compared case-insensitively */
+/* a comma-separated list holds the token */
 
 static ngx_int_t
-ngx_stream_im_has_token(u_char *p, size_t len, char *token)
+ngx_stream_im_has_token(u_char *p, size_t len, char *token,
+    ngx_uint_t nocase)
 {
     u_char  *end, *s, *e;
 
@@ -272,7 +276,14 @@ ngx_stream_im_has_token(u_char *p, size_t len, char *token)
             e--;
         }
 
-        if (ngx_stream_im_equal_nocase(s, e - s, token)) {
+        if (nocase) {
+            if (ngx_stream_im_equal_nocase(s, e - s, token)) {
+                return 1;
+            }
+
+        } else if ((size_t) (e - s) == ngx_strlen(token)
+                   && ngx_strncmp(s, token, e - s) == 0)
+        {
             return 1;
         }
     }

@@ -704,11 +704,12 @@ ngx_stream_im_init_process(ngx_cycle_t *cycle)
     ngx_stream_im_timer_ident.fd = (ngx_socket_t) -1;
 
     /*
-     * protobuf-c copies every string and adds a struct per message,
-     * so a decoded frame can take a few times its wire size
+     * protobuf-c copies every string, adds a struct per message and
+     * scratch per field: a frame of many tiny fields takes up to about
+     * twenty times its wire size.  Pages never touched cost nothing.
      */
 
-    size = 4 * imcf->max_frame + 65536;
+    size = 24 * imcf->max_frame + 65536;
 
     p = ngx_alloc(size, cycle->log);
     if (p == NULL) {
