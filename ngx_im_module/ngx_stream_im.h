@@ -278,6 +278,8 @@ ngx_int_t ngx_stream_im_send_frame(ngx_stream_im_session_t *ctx,
     Im__Frame *f);
 ngx_int_t ngx_stream_im_send_error(ngx_stream_im_session_t *ctx,
     uint32_t id, Im__Error__Code code, char *reason);
+ngx_int_t ngx_stream_im_send_unavailable(ngx_stream_im_session_t *ctx,
+    uint32_t id);
 void ngx_stream_im_close(ngx_stream_im_session_t *ctx, ngx_uint_t status,
     char *reason);
 void ngx_stream_im_fail(ngx_stream_im_session_t *ctx, ngx_uint_t status,

@@ -217,9 +217,7 @@ ngx_stream_im_auth(ngx_stream_im_session_t *ctx, Im__Frame *f)
     }
 
     if (!ngx_stream_im_redis_up()) {
-        return ngx_stream_im_send_error(ctx, f->id,
-                                        IM__ERROR__CODE__UNAVAILABLE,
-                                        "storage unavailable, retry");
+        return ngx_stream_im_send_unavailable(ctx, f->id);
     }
 
     /* the user and device live as long as the session */
@@ -249,9 +247,7 @@ ngx_stream_im_auth(ngx_stream_im_session_t *ctx, Im__Frame *f)
     }
 
     if (ngx_stream_im_router_login(ctx, f->id) != NGX_OK) {
-        return ngx_stream_im_send_error(ctx, f->id,
-                                        IM__ERROR__CODE__UNAVAILABLE,
-                                        "storage unavailable, retry");
+        return ngx_stream_im_send_unavailable(ctx, f->id);
     }
 
     return NGX_OK;
@@ -416,9 +412,7 @@ ngx_stream_im_send(ngx_stream_im_session_t *ctx, Im__Frame *f)
     }
 
     if (!ngx_stream_im_redis_up()) {
-        return ngx_stream_im_send_error(ctx, f->id,
-                                        IM__ERROR__CODE__UNAVAILABLE,
-                                        "storage unavailable, retry");
+        return ngx_stream_im_send_unavailable(ctx, f->id);
     }
 
     iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
@@ -460,9 +454,7 @@ ngx_stream_im_send(ngx_stream_im_session_t *ctx, Im__Frame *f)
                                  ngx_stream_im_sent, &ref)
         != NGX_OK)
     {
-        return ngx_stream_im_send_error(ctx, f->id,
-                                        IM__ERROR__CODE__UNAVAILABLE,
-                                        "storage unavailable, retry");
+        return ngx_stream_im_send_unavailable(ctx, f->id);
     }
 
     return NGX_OK;
@@ -620,9 +612,7 @@ ngx_stream_im_group(ngx_stream_im_session_t *ctx, Im__Frame *f, char *group,
                                  args, ngx_stream_im_grouped, &ref)
         != NGX_OK)
     {
-        return ngx_stream_im_send_error(ctx, f->id,
-                                        IM__ERROR__CODE__UNAVAILABLE,
-                                        "storage unavailable, retry");
+        return ngx_stream_im_send_unavailable(ctx, f->id);
     }
 
     return NGX_OK;
@@ -822,9 +812,7 @@ ngx_stream_im_sync(ngx_stream_im_session_t *ctx, Im__Frame *f)
     if (ngx_stream_im_redis_command(6, argv, ngx_stream_im_synced, &ref)
         != NGX_OK)
     {
-        return ngx_stream_im_send_error(ctx, f->id,
-                                        IM__ERROR__CODE__UNAVAILABLE,
-                                        "storage unavailable, retry");
+        return ngx_stream_im_send_unavailable(ctx, f->id);
     }
 
     return NGX_OK;
@@ -842,9 +830,7 @@ ngx_stream_im_synced(ngx_stream_im_session_t *ctx, ngx_stream_im_ref_t *ref,
     ngx_stream_im_srv_conf_t  *iscf;
 
     if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
-        (void) ngx_stream_im_send_error(ctx, ref->id,
-                                        IM__ERROR__CODE__UNAVAILABLE,
-                                        "storage unavailable, retry");
+        (void) ngx_stream_im_send_unavailable(ctx, ref->id);
         return;
     }
 

@@ -134,9 +134,7 @@ ngx_stream_im_presence_sub(ngx_stream_im_session_t *ctx, Im__Frame *f)
     }
 
     if (!ngx_stream_im_redis_up()) {
-        return ngx_stream_im_send_error(ctx, f->id,
-                                        IM__ERROR__CODE__UNAVAILABLE,
-                                        "storage unavailable, retry");
+        return ngx_stream_im_send_unavailable(ctx, f->id);
     }
 
     args = ngx_stream_im_arena_alloc(ngx_stream_im_worker_arena(),
@@ -219,9 +217,7 @@ ngx_stream_im_presence_sub(ngx_stream_im_session_t *ctx, Im__Frame *f)
                                  ngx_stream_im_presence_state, &ref)
         != NGX_OK)
     {
-        return ngx_stream_im_send_error(ctx, f->id,
-                                        IM__ERROR__CODE__UNAVAILABLE,
-                                        "storage unavailable, retry");
+        return ngx_stream_im_send_unavailable(ctx, f->id);
     }
 
     return NGX_OK;
@@ -281,9 +277,7 @@ ngx_stream_im_presence_state(ngx_stream_im_session_t *ctx,
     if (r == NULL || r->type != REDIS_REPLY_ARRAY
         || r->elements != 3 * (size_t) ref->arg)
     {
-        (void) ngx_stream_im_send_error(ctx, ref->id,
-                                        IM__ERROR__CODE__UNAVAILABLE,
-                                        "storage unavailable, retry");
+        (void) ngx_stream_im_send_unavailable(ctx, ref->id);
         return;
     }
 

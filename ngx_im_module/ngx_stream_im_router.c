@@ -243,9 +243,7 @@ ngx_stream_im_router_logged_in(ngx_stream_im_session_t *ctx,
         ngx_stream_im_router_forget(ctx);
         ngx_stream_im_router_remove(ctx);
 
-        (void) ngx_stream_im_send_error(ctx, ref->id,
-                                        IM__ERROR__CODE__UNAVAILABLE,
-                                        "storage unavailable, retry");
+        (void) ngx_stream_im_send_unavailable(ctx, ref->id);
         return;
     }
 

@@ -891,6 +891,16 @@ ngx_stream_im_send_error(ngx_stream_im_session_t *ctx, uint32_t id,
 }
 
 
+/* Redis is away: the client may retry, a retried Send is stored once */
+
+ngx_int_t
+ngx_stream_im_send_unavailable(ngx_stream_im_session_t *ctx, uint32_t id)
+{
+    return ngx_stream_im_send_error(ctx, id, IM__ERROR__CODE__UNAVAILABLE,
+                                    "storage unavailable, retry");
+}
+
+
 static ngx_int_t
 ngx_stream_im_send_control(ngx_stream_im_session_t *ctx, ngx_uint_t opcode,
     u_char *data, size_t len)
