@@ -249,6 +249,7 @@ void ngx_stream_im_arena_init(ngx_stream_im_arena_t *a, u_char *start,
     size_t size);
 Im__Frame *ngx_stream_im_decode(ngx_stream_im_arena_t *a, u_char *data,
     size_t len);
+ngx_int_t ngx_stream_im_canonical(Im__Frame *f, size_t len);
 void *ngx_stream_im_arena_alloc(void *data, size_t size);
 size_t ngx_stream_im_encoded_size(Im__Frame *f);
 u_char *ngx_stream_im_encode(u_char *p, Im__Frame *f, size_t size);

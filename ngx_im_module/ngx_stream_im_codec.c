@@ -50,6 +50,19 @@ ngx_stream_im_decode(ngx_stream_im_arena_t *a, u_char *data, size_t len)
 }
 
 
+/*
+ * protobuf-c hands strings over NUL-terminated, without a length: a
+ * string with a NUL inside would be cut short unseen.  Such a frame (or
+ * one not encoded as protobuf encoders do it) packs shorter again.
+ */
+
+ngx_int_t
+ngx_stream_im_canonical(Im__Frame *f, size_t len)
+{
+    return (im__frame__get_packed_size(f) == len) ? NGX_OK : NGX_DECLINED;
+}
+
+
 void *
 ngx_stream_im_arena_alloc(void *data, size_t size)
 {

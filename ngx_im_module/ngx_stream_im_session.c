@@ -832,6 +832,29 @@ ngx_stream_im_message(ngx_stream_im_session_t *ctx, u_char *data,
                                         "not an im.Frame");
     }
 
+    if (ngx_stream_im_canonical(f, len) != NGX_OK) {
+        ngx_log_error(NGX_LOG_INFO, ctx->session->connection->log, 0,
+                      "client sent a string with a NUL in it");
+
+        if (f->body_case != IM__FRAME__BODY_AUTH) {
+            return ngx_stream_im_send_error(ctx, f->id,
+                                            IM__ERROR__CODE__BAD_FRAME,
+                                            "a string holds a NUL");
+        }
+
+        if (ngx_stream_im_send_error(ctx, f->id,
+                                     IM__ERROR__CODE__UNAUTHENTICATED,
+                                     "malformed token")
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        ngx_stream_im_close(ctx, NGX_STREAM_IM_CLOSE_POLICY,
+                            "authentication failed");
+        return NGX_OK;
+    }
+
     if (rc == NGX_DECLINED) {
 
         /* over the rate: the request is refused, with its id */

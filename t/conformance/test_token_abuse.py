@@ -316,9 +316,6 @@ def test_malformed_token(server, no_redis, name, token, reason):
     refused(server, token, reason)
 
 
-@pytest.mark.xfail(strict=False, reason="server bug: Auth.token is read "
-                   "with strlen(), so a good token followed by a NUL and "
-                   "anything is accepted (docs/security.md, Known bugs)")
 def test_token_with_nul_and_junk_after_it(server):
     # not MARK: when this is accepted, alice logs in (Redis sees it)
     refused(server, server.token("alice") + "\u0000" + "junk")

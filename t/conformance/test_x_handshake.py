@@ -218,9 +218,6 @@ def test_no_subprotocol_when_im_v1_not_offered(server, offer):
 
 
 @pytest.mark.category("subprotocol")
-@pytest.mark.xfail(strict=False, reason="server bug: subprotocol matched "
-                   "case-insensitively, answers im.v1 to an offer of "
-                   "IM.V1 (docs/security.md, Known bugs)")
 def test_subprotocol_answer_is_one_the_client_offered(server):
     # RFC 6455 4.1: a client fails the connection if the server answers
     # a subprotocol it did not offer; tokens are compared as sent

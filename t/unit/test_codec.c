@@ -42,6 +42,7 @@ static void test_reset(void);
 static void test_unaligned(void);
 static void test_fuzz(void);
 static void test_splice(void);
+static void test_canonical(void);
 static void test_msg_id(void);
 
 
@@ -1440,6 +1441,33 @@ test_msg_id(void)
 }
 
 
+/* a string with a NUL inside decodes cut short: canonical() sees it */
+
+static void
+test_canonical(void)
+{
+    Im__Frame  *f;
+    u_char      good[] = "\x08\x07\x62\x05\x0a\x03" "bob";
+    u_char      nul[] = "\x08\x07\x62\x05\x0a\x03" "b\0b";
+    u_char      twice[] = "\x08\x07\x08\x07\xba\x01\x00";
+
+    f = ngx_stream_im_decode(&test_arena, good, sizeof(good) - 1);
+    check(f != NULL && test_streq(f->send->to, "bob"));
+    check(f && ngx_stream_im_canonical(f, sizeof(good) - 1) == NGX_OK);
+
+    f = ngx_stream_im_decode(&test_arena, nul, sizeof(nul) - 1);
+    check(f != NULL && test_streq(f->send->to, "b"));
+    check(f && ngx_stream_im_canonical(f, sizeof(nul) - 1) == NGX_DECLINED);
+
+    /* the same field twice is not how an encoder writes a frame */
+
+    f = ngx_stream_im_decode(&test_arena, twice, sizeof(twice) - 1);
+    check(f != NULL && f->id == 7);
+    check(f && ngx_stream_im_canonical(f, sizeof(twice) - 1)
+               == NGX_DECLINED);
+}
+
+
 int
 main(void)
 {
@@ -1471,6 +1499,7 @@ main(void)
     test_fuzz();
     test_splice();
     test_msg_id();
+    test_canonical();
     test_unaligned();
 
     free(test_arena_mem);
