@@ -21,6 +21,14 @@ build=$top/build
 ngx_src=$build/nginx-src
 python=/usr/bin/python3
 
+# nginx's headers as configured, for what is built outside nginx's make
+ngx_incs=(
+    -I"$ngx_src/src/core" -I"$ngx_src/src/event"
+    -I"$ngx_src/src/event/modules" -I"$ngx_src/src/os/unix"
+    -I"$ngx_src/src/stream" -I"$ngx_src/objs"
+    -I"$ngx_src/objs/addon/im_proto" -I"$top/ngx_im_module"
+)
+
 packages=(
     build-essential pkg-config
     nginx libnginx-mod-stream nginx-dev
@@ -105,13 +113,7 @@ build_module() {
 
 # the pure parts (framing, handshake, codec, tokens) with their unit tests
 build_unit() {
-    local incs=(
-        -I"$ngx_src/src/core" -I"$ngx_src/src/event"
-        -I"$ngx_src/src/event/modules" -I"$ngx_src/src/os/unix"
-        -I"$ngx_src/src/stream" -I"$ngx_src/objs"
-        -I"$ngx_src/objs/addon/im_proto" -I"$top/ngx_im_module"
-        -I"$top/t/unit"
-    )
+    local incs=("${ngx_incs[@]}" -I"$top/t/unit")
     local m=$top/ngx_im_module
     local pure=(
         "$m/ngx_stream_im_handshake.c" "$m/ngx_stream_im_websocket.c"
@@ -135,17 +137,10 @@ build_unit() {
 
 # the command-line tools, sharing the module's pure token code
 build_tools() {
-    local incs=(
-        -I"$ngx_src/src/core" -I"$ngx_src/src/event"
-        -I"$ngx_src/src/event/modules" -I"$ngx_src/src/os/unix"
-        -I"$ngx_src/src/stream" -I"$ngx_src/objs"
-        -I"$ngx_src/objs/addon/im_proto" -I"$top/ngx_im_module"
-    )
-
     local pb=$ngx_src/objs/addon/im_proto
 
     log "building tools"
-    cc -g -O2 -Wall -Wextra -Wno-unused-parameter -Werror "${incs[@]}" \
+    cc -g -O2 -Wall -Wextra -Wno-unused-parameter -Werror "${ngx_incs[@]}" \
         "$top/tools/im_token.c" "$top/ngx_im_module/ngx_stream_im_auth.c" \
         -lsodium -ljansson -o "$build/im-token"
 
@@ -161,8 +156,9 @@ build_bench() {
 
     log "building im-bench"
     cc -g -O2 -Wall -Wextra -Wno-unused-parameter -Werror \
-        -I"$pb" -I"$top/tools" \
+        "${ngx_incs[@]}" -I"$top/tools" \
         "$top/tools/im_bench.c" "$top/tools/im_client.c" "$pb/im.pb-c.c" \
+        "$top/ngx_im_module/ngx_stream_im_auth.c" \
         -lprotobuf-c -lsodium -ljansson -lcrypto -o "$build/im-bench"
 }
 

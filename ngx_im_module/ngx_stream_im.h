@@ -267,6 +267,8 @@ ngx_int_t ngx_stream_im_token_open(ngx_str_t *token, ngx_array_t *keys,
     ngx_str_t *implicit, u_char *buf, ngx_str_t *payload, char **err);
 ngx_int_t ngx_stream_im_token_claims(ngx_str_t *payload, time_t now,
     ngx_stream_im_claims_t *claims, char **err);
+ngx_int_t ngx_stream_im_token_sign(ngx_str_t *claims, ngx_str_t *footer,
+    u_char *secret, u_char *buf, ngx_str_t *token);
 
 /* session */
 ngx_int_t ngx_stream_im_session_init_worker(ngx_cycle_t *cycle);

@@ -274,6 +274,67 @@ ngx_stream_im_pae_piece(u_char *p, u_char *data, size_t len)
 }
 
 
+/*
+ * Signs claims into a v4.public token, as an app's backend does; the
+ * tools mint with it.  buf has room for NGX_STREAM_IM_TOKEN_MAX + 1.
+ */
+
+ngx_int_t
+ngx_stream_im_token_sign(ngx_str_t *claims, ngx_str_t *footer,
+    u_char *secret, u_char *buf, ngx_str_t *token)
+{
+    u_char  *p, *last;
+    size_t   n, flen, need;
+    u_char   pae[NGX_STREAM_IM_PAE_MAX];
+    u_char   body[NGX_STREAM_IM_TOKEN_MAX + NGX_STREAM_IM_SIG_LEN];
+
+    n = sizeof(NGX_STREAM_IM_V4_PUBLIC) - 1;
+    flen = (footer == NULL) ? 0 : footer->len;
+
+    need = n + sodium_base64_ENCODED_LEN(claims->len + NGX_STREAM_IM_SIG_LEN,
+                                   sodium_base64_VARIANT_URLSAFE_NO_PADDING)
+           + (flen ? 1 + sodium_base64_ENCODED_LEN(flen,
+                                   sodium_base64_VARIANT_URLSAFE_NO_PADDING)
+                   : 0);
+
+    /* the encoded lengths count a NUL each */
+
+    if (need > NGX_STREAM_IM_TOKEN_MAX + 2) {
+        return NGX_DECLINED;
+    }
+
+    p = ngx_stream_im_le64(pae, 4);
+    p = ngx_stream_im_pae_piece(p, (u_char *) NGX_STREAM_IM_V4_PUBLIC, n);
+    p = ngx_stream_im_pae_piece(p, claims->data, claims->len);
+    p = ngx_stream_im_pae_piece(p, flen ? footer->data : NULL, flen);
+    p = ngx_stream_im_pae_piece(p, NULL, 0);
+
+    ngx_memcpy(body, claims->data, claims->len);
+
+    crypto_sign_detached(body + claims->len, NULL, pae, p - pae, secret);
+
+    last = buf + NGX_STREAM_IM_TOKEN_MAX + 1;
+
+    p = ngx_cpymem(buf, NGX_STREAM_IM_V4_PUBLIC, n);
+    sodium_bin2base64((char *) p, last - p, body,
+                      claims->len + NGX_STREAM_IM_SIG_LEN,
+                      sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    p += ngx_strlen(p);
+
+    if (flen) {
+        *p++ = '.';
+        sodium_bin2base64((char *) p, last - p, footer->data, flen,
+                          sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+        p += ngx_strlen(p);
+    }
+
+    token->data = buf;
+    token->len = p - buf;
+
+    return (token->len <= NGX_STREAM_IM_TOKEN_MAX) ? NGX_OK : NGX_DECLINED;
+}
+
+
 ngx_int_t
 ngx_stream_im_token_claims(ngx_str_t *payload, time_t now,
     ngx_stream_im_claims_t *claims, char **err)

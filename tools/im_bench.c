@@ -29,6 +29,10 @@
 
 #define _GNU_SOURCE
 
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_stream.h>
+
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
@@ -55,6 +59,7 @@
 #include <jansson.h>
 #include <sodium.h>
 
+#include "ngx_stream_im.h"
 #include "im_client.h"
 
 
@@ -710,21 +715,6 @@ hist_avg(const hist_t *h)
 /* tokens: PASETO v4.public, as tools/im_token.c mints them */
 
 
-static u_char *
-le64(u_char *p, uint64_t n)
-{
-    int  i;
-
-    n &= 0x7fffffffffffffffULL;
-
-    for (i = 0; i < 8; i++) {
-        *p++ = (u_char) (n >> (8 * i));
-    }
-
-    return p;
-}
-
-
 static int
 read_secret(const char *path)
 {
@@ -775,10 +765,10 @@ rfc3339(time_t t, char *buf, size_t size)
 static char *
 mint(const char *user, time_t now)
 {
-    char    *m, *token, *p, iat[32], exp[32];
-    size_t   mlen, len;
-    u_char  *pae, *q, sig[crypto_sign_BYTES];
-    json_t  *claims;
+    char       *m, *token, iat[32], exp[32];
+    json_t     *claims;
+    ngx_str_t   c, t;
+    u_char      buf[8192 + 1];
 
     rfc3339(now, iat, sizeof(iat));
     rfc3339(now + 3600 * 6, exp, sizeof(exp));
@@ -796,40 +786,16 @@ mint(const char *user, time_t now)
         return NULL;
     }
 
-    mlen = strlen(m);
+    c.data = (u_char *) m;
+    c.len = strlen(m);
 
-    pae = malloc(5 * 8 + 10 + mlen + sizeof(sig));
-    len = sodium_base64_ENCODED_LEN(mlen + sizeof(sig),
-                                    sodium_base64_VARIANT_URLSAFE_NO_PADDING)
-          + 12;
-    token = malloc(len);
+    token = NULL;
 
-    if (pae == NULL || token == NULL) {
-        free(m);
-        free(pae);
-        free(token);
-        return NULL;
+    if (ngx_stream_im_token_sign(&c, NULL, secret, buf, &t) == NGX_OK) {
+        token = strndup((char *) t.data, t.len);
     }
 
-    q = le64(pae, 4);
-    q = le64(q, 10);
-    q = (u_char *) mempcpy(q, "v4.public.", 10);
-    q = le64(q, mlen);
-    q = (u_char *) mempcpy(q, m, mlen);
-    q = le64(q, 0);
-    q = le64(q, 0);
-
-    crypto_sign_detached(sig, NULL, pae, q - pae, secret);
-
-    q = (u_char *) mempcpy(pae, m, mlen);
-    q = (u_char *) mempcpy(q, sig, sizeof(sig));
-
-    p = stpcpy(token, "v4.public.");
-    sodium_bin2base64(p, len - (p - token), pae, q - pae,
-                      sodium_base64_VARIANT_URLSAFE_NO_PADDING);
-
     free(m);
-    free(pae);
 
     return token;
 }

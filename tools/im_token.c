@@ -39,7 +39,6 @@ static int im_token_write(int fd, char *path, u_char *data, size_t len);
 static int im_token_read_key(char *path, u_char *sk);
 static int im_token_ttl(char *text, time_t *ttl);
 static void im_token_time(time_t t, char *buf, size_t size);
-static u_char *im_token_le64(u_char *p, uint64_t n);
 
 
 static char  *im_token_synopsis =
@@ -171,12 +170,12 @@ im_token_mint(int argc, char **argv)
     int            rc;
     char          *names[] = { "--key", "--sub", "--ttl", "--footer", NULL };
     char          *values[] = { NULL, NULL, NULL, NULL };
-    char          *m, *token, *p, iat[32], expire[32];
-    size_t         mlen, flen, len;
-    u_char        *pae, *q, sk[crypto_sign_SECRETKEYBYTES];
-    u_char         sig[crypto_sign_BYTES];
+    char          *m, iat[32], expire[32];
     time_t         now, ttl;
     json_t        *claims;
+    ngx_str_t      c, f, token;
+    u_char         sk[crypto_sign_SECRETKEYBYTES];
+    u_char         buf[IM_TOKEN_MAX + 1];
 
     rc = im_token_options(argc, argv, names, values);
     if (rc != IM_TOKEN_OK) {
@@ -226,77 +225,29 @@ im_token_mint(int argc, char **argv)
         return IM_TOKEN_ERROR;
     }
 
-    mlen = strlen(m);
-    flen = values[3] ? strlen(values[3]) : 0;
+    c.data = (u_char *) m;
+    c.len = strlen(m);
 
-    /*
-     * PAE("v4.public.", m, footer, ""): PASETO Version4 "Sign";
-     * the buffer is reused for m || sig, hence the room for sig
-     */
-
-    pae = malloc(5 * 8 + 10 + mlen + flen + sizeof(sig));
-    len = sodium_base64_ENCODED_LEN(mlen + sizeof(sig),
-                                    sodium_base64_VARIANT_URLSAFE_NO_PADDING)
-          + sodium_base64_ENCODED_LEN(flen,
-                                    sodium_base64_VARIANT_URLSAFE_NO_PADDING)
-          + 12;
-    token = malloc(len);
-
-    if (pae == NULL || token == NULL) {
-        fprintf(stderr, "im-token: out of memory\n");
-        sodium_memzero(sk, sizeof(sk));
-        free(m);
-        free(pae);
-        free(token);
-        return IM_TOKEN_ERROR;
-    }
-
-    q = im_token_le64(pae, 4);
-    q = im_token_le64(q, 10);
-    q = ngx_cpymem(q, "v4.public.", 10);
-    q = im_token_le64(q, mlen);
-    q = ngx_cpymem(q, m, mlen);
-    q = im_token_le64(q, flen);
-
-    if (flen) {
-        q = ngx_cpymem(q, values[3], flen);
-    }
-
-    q = im_token_le64(q, 0);
-
-    crypto_sign_detached(sig, NULL, pae, q - pae, sk);
-    sodium_memzero(sk, sizeof(sk));
-
-    q = ngx_cpymem(pae, m, mlen);
-    q = ngx_cpymem(q, sig, sizeof(sig));
-
-    p = stpcpy(token, "v4.public.");
-    sodium_bin2base64(p, len - (p - token), pae, q - pae,
-                      sodium_base64_VARIANT_URLSAFE_NO_PADDING);
-    p += strlen(p);
-
-    if (flen) {
-        *p++ = '.';
-        sodium_bin2base64(p, len - (p - token), (u_char *) values[3], flen,
-                          sodium_base64_VARIANT_URLSAFE_NO_PADDING);
-        p += strlen(p);
+    if (values[3] != NULL) {
+        f.data = (u_char *) values[3];
+        f.len = strlen(values[3]);
     }
 
     rc = IM_TOKEN_OK;
 
-    if (p - token > IM_TOKEN_MAX) {
-        fprintf(stderr, "im-token: the token is %d bytes, nginx accepts "
-                "at most %d: shorten --footer\n",
-                (int) (p - token), IM_TOKEN_MAX);
+    if (ngx_stream_im_token_sign(&c, values[3] ? &f : NULL, sk, buf, &token)
+        != NGX_OK)
+    {
+        fprintf(stderr, "im-token: the token would be over %d bytes, "
+                "the most nginx accepts: shorten --footer\n", IM_TOKEN_MAX);
         rc = IM_TOKEN_ERROR;
 
     } else {
-        printf("%s\n", token);
+        printf("%.*s\n", (int) token.len, token.data);
     }
 
+    sodium_memzero(sk, sizeof(sk));
     free(m);
-    free(pae);
-    free(token);
 
     return rc;
 }
@@ -591,20 +542,4 @@ im_token_time(time_t t, char *buf, size_t size)
 
     gmtime_r(&t, &tm);
     strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
-}
-
-
-static u_char *
-im_token_le64(u_char *p, uint64_t n)
-{
-    int  i;
-
-    n &= 0x7fffffffffffffffULL;
-
-    for (i = 0; i < 8; i++) {
-        *p++ = (u_char) (n & 0xff);
-        n >>= 8;
-    }
-
-    return p;
 }

@@ -45,6 +45,7 @@ static ngx_int_t test_claims(char *json, time_t now,
 static void test_vectors(void);
 static void test_keys(void);
 static void test_rotation(void);
+static void test_minting(void);
 static void test_tampering(void);
 static void test_format(void);
 static void test_sizes(void);
@@ -506,6 +507,9 @@ test_keys(void)
 }
 
 
+#define NGX_STREAM_IM_TOKEN_MAX_TEST  8192
+
+
 static void
 test_rotation(void)
 {
@@ -537,6 +541,44 @@ test_rotation(void)
     check(test_openl((u_char *) token, strlen(token), keys, 0, NULL, NULL)
           == NGX_DECLINED);
     check(test_err != NULL && strcmp(test_err, "bad signature") == 0);
+}
+
+
+/* what the tools mint is what the test mints, and opens alike */
+
+static void
+test_minting(void)
+{
+    char        token[TEST_TOKEN_MAX];
+    u_char      buf[NGX_STREAM_IM_TOKEN_MAX_TEST + 1];
+    ngx_str_t   claims, footer, t;
+    static u_char  big[NGX_STREAM_IM_TOKEN_MAX_TEST];
+
+    ngx_str_set(&claims, "{\"sub\":\"carol\"}");
+    ngx_str_set(&footer, "kid-7");
+
+    check(ngx_stream_im_token_sign(&claims, &footer, test_k1.sk, buf, &t)
+          == NGX_OK);
+
+    test_mint(test_k1.sk, "{\"sub\":\"carol\"}", "kid-7", "", token);
+    check(t.len == strlen(token) && ngx_memcmp(t.data, token, t.len) == 0);
+
+    check(test_openl(t.data, t.len, test_k1.pk, 1, NULL,
+                     "{\"sub\":\"carol\"}") == NGX_OK);
+
+    check(ngx_stream_im_token_sign(&claims, NULL, test_k2.sk, buf, &t)
+          == NGX_OK);
+    check(test_openl(t.data, t.len, test_k2.pk, 1, NULL,
+                     "{\"sub\":\"carol\"}") == NGX_OK);
+
+    /* a token nginx would refuse as too long is not minted */
+
+    ngx_memset(big, 'x', sizeof(big));
+    footer.data = big;
+    footer.len = sizeof(big) - 100;
+
+    check(ngx_stream_im_token_sign(&claims, &footer, test_k1.sk, buf, &t)
+          == NGX_DECLINED);
 }
 
 
@@ -1254,6 +1296,7 @@ main(void)
     test_vectors();
     test_keys();
     test_rotation();
+    test_minting();
     test_tampering();
     test_format();
     test_sizes();
