@@ -28,7 +28,8 @@ import time
 
 import websockets
 
-from imtest import body, decode, encode, error_code, frame, ws_connect
+from imtest import (body, decode, encode, error_code, frame, process_children,
+                    ws_connect)
 from imchat import id_key, login, next_id, redis_cmd, routes_key
 
 
@@ -696,29 +697,6 @@ class Bystander:
 def fd_count(pid):
     """Open file descriptors of a process."""
     return len(os.listdir("/proc/%d/fd" % pid))
-
-
-def process_children(ppid):
-    """[(pid, state, cmdline)] of the children of ppid, zombies included."""
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % d) as fp:
-                st = fp.read()
-        except OSError:
-            continue
-        fields = st[st.rindex(")") + 2:].split()
-        if int(fields[1]) != ppid:
-            continue
-        try:
-            with open("/proc/%s/cmdline" % d, "rb") as fp:
-                cmd = fp.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            cmd = ""
-        out.append((int(d), fields[0], cmd.strip()))
-    return sorted(out)
 
 
 def redis_keys(redis, pattern):

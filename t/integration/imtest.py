@@ -190,8 +190,9 @@ def port_open(port, host="127.0.0.1"):
         return False
 
 
-def _children(ppid):
-    pids = []
+def process_children(ppid):
+    """[(pid, state, cmdline)] of the children of ppid, zombies included."""
+    out = []
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
@@ -201,9 +202,14 @@ def _children(ppid):
         except OSError:
             continue
         fields = st[st.rindex(")") + 2:].split()
-        if int(fields[1]) == ppid:
-            pids.append(int(d))
-    return pids
+        if int(fields[1]) != ppid:
+            continue
+        out.append((int(d), fields[0], _cmdline(int(d)).strip()))
+    return sorted(out)
+
+
+def _children(ppid):
+    return [pid for pid, _, _ in process_children(ppid)]
 
 
 def _cmdline(pid):
