@@ -65,6 +65,28 @@
     "end\n"
 
 
+/* the live routes of a user (dead ones go), and the time in ms */
+
+#define NGX_STREAM_IM_LUA_LIVE                                                \
+    "local function live(rk)\n"                                               \
+    "  local r = redis.call('HGETALL', rk)\n"                                 \
+    "  local alive, n = {}, 0\n"                                              \
+    "  for i = 1, #r, 2 do\n"                                                 \
+    "    local ch = r[i + 1]\n"                                               \
+    "    if alive[ch] == nil then\n"                                          \
+    "      alive[ch] = redis.call('EXISTS', ch .. ':alive')\n"                \
+    "    end\n"                                                               \
+    "    if alive[ch] == 1 then n = n + 1\n"                                  \
+    "    else redis.call('HDEL', rk, r[i]) end\n"                             \
+    "  end\n"                                                                 \
+    "  return n\n"                                                            \
+    "end\n"                                                                   \
+    "local function now()\n"                                                  \
+    "  local t = redis.call('TIME')\n"                                        \
+    "  return string.format('%.0f', t[1] * 1000 + math.floor(t[2] / 1000))\n" \
+    "end\n"
+
+
 ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
 
     /*
@@ -145,22 +167,12 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
      */
 
     { ngx_string(
-          "local r = redis.call('HGETALL', KEYS[1])\n"
-          "local alive, n = {}, 0\n"
-          "for i = 1, #r, 2 do\n"
-          "  local ch = r[i + 1]\n"
-          "  if alive[ch] == nil then\n"
-          "    alive[ch] = redis.call('EXISTS', ch .. ':alive')\n"
-          "  end\n"
-          "  if alive[ch] == 1 then n = n + 1\n"
-          "  else redis.call('HDEL', KEYS[1], r[i]) end\n"
-          "end\n"
+          NGX_STREAM_IM_LUA_LIVE
+          "local n = live(KEYS[1])\n"
           "if n >= tonumber(ARGV[4]) then return {0, ''} end\n"
           "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
           "if n == 0 then\n"
-          "  local t = redis.call('TIME')\n"
-          "  redis.call('PUBLISH', 'im:presence:' .. ARGV[5], '1 ' ..\n"
-          "    string.format('%.0f', t[1] * 1000 + math.floor(t[2] / 1000)))\n"
+          "  redis.call('PUBLISH', 'im:presence:' .. ARGV[5], '1 ' .. now())\n"
           "end\n"
           "return {1, redis.call('HGET', KEYS[2], ARGV[3]) or ''}\n"),
       "" },
@@ -224,17 +236,11 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
      */
 
     { ngx_string(
+          NGX_STREAM_IM_LUA_LIVE
           "local rk = 'im:{u:' .. ARGV[1] .. '}:routes'\n"
           "redis.call('HDEL', rk, ARGV[2])\n"
-          "local r = redis.call('HGETALL', rk)\n"
-          "for i = 1, #r, 2 do\n"
-          "  if redis.call('EXISTS', r[i + 1] .. ':alive') == 1 then\n"
-          "    return 0\n"
-          "  end\n"
-          "end\n"
-          "local t = redis.call('TIME')\n"
-          "local ms = string.format('%.0f',\n"
-          "                         t[1] * 1000 + math.floor(t[2] / 1000))\n"
+          "if live(rk) > 0 then return 0 end\n"
+          "local ms = now()\n"
           "redis.call('SET', 'im:{u:' .. ARGV[1] .. '}:seen', ms)\n"
           "redis.call('PUBLISH', 'im:presence:' .. ARGV[1], '0 ' .. ms)\n"
           "return 1\n"),
@@ -242,20 +248,15 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
 
     /*
      * presence: ARGV: users.  Returns {user, online, last seen ms, ...},
-     * online while one of the user's routes is alive.
+     * online while one of the user's routes is alive (dead ones go).
      */
 
     { ngx_string(
+          NGX_STREAM_IM_LUA_LIVE
           "local out = {}\n"
           "for _, u in ipairs(ARGV) do\n"
-          "  local r = redis.call('HGETALL', 'im:{u:' .. u .. '}:routes')\n"
           "  local online = 0\n"
-          "  for i = 1, #r, 2 do\n"
-          "    if redis.call('EXISTS', r[i + 1] .. ':alive') == 1 then\n"
-          "      online = 1\n"
-          "      break\n"
-          "    end\n"
-          "  end\n"
+          "  if live('im:{u:' .. u .. '}:routes') > 0 then online = 1 end\n"
           "  local seen = redis.call('GET', 'im:{u:' .. u .. '}:seen')\n"
           "  out[#out + 1] = u\n"
           "  out[#out + 1] = online\n"
