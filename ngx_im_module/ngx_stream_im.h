@@ -205,6 +205,8 @@ typedef struct {
     ngx_queue_t                    watching;   /* presence watchers */
     ngx_stream_im_msg_id_t         last;       /* newest entry sent */
 
+    uint32_t                       epoch;      /* caught up at this link */
+
     ngx_msec_t                     rate_last;
     ngx_msec_t                     typing_at;
     int32_t                        rate_frames; /* thousandths of a frame */
@@ -218,6 +220,7 @@ typedef struct {
     unsigned                       replay_paused:1;
     unsigned                       overflow:1;
     unsigned                       draining:1;
+    unsigned                       closed:1;   /* our close frame is queued */
 } ngx_stream_im_session_t;
 
 
@@ -270,8 +273,15 @@ ngx_int_t ngx_stream_im_token_claims(ngx_str_t *payload, time_t now,
 ngx_int_t ngx_stream_im_token_sign(ngx_str_t *claims, ngx_str_t *footer,
     u_char *secret, u_char *buf, ngx_str_t *token);
 
-/* session */
+/* session: the connection's life and its output queue */
+typedef ngx_int_t (*ngx_stream_im_frame_pt)(ngx_stream_im_session_t *ctx,
+    Im__Frame *f);
+typedef void (*ngx_stream_im_session_pt)(ngx_stream_im_session_t *ctx);
+
 ngx_int_t ngx_stream_im_session_init_worker(ngx_cycle_t *cycle);
+void ngx_stream_im_session_on_frame(ngx_stream_im_frame_pt handler);
+ngx_int_t ngx_stream_im_session_on_close(ngx_stream_im_session_pt handler);
+void ngx_stream_im_session_on_writable(ngx_stream_im_session_pt handler);
 void ngx_stream_im_session_handler(ngx_stream_session_t *s);
 ngx_stream_im_msg_t *ngx_stream_im_msg_alloc(size_t len, ngx_log_t *log);
 void ngx_stream_im_msg_release(ngx_stream_im_msg_t *msg);
@@ -301,7 +311,8 @@ void ngx_stream_im_session_ref(ngx_stream_im_session_t *ctx,
 #define NGX_STREAM_IM_SCRIPT_GROUP     3
 #define NGX_STREAM_IM_SCRIPT_LOGOUT    4
 #define NGX_STREAM_IM_SCRIPT_PRESENCE  5
-#define NGX_STREAM_IM_SCRIPTS          6
+#define NGX_STREAM_IM_SCRIPT_RANGE     6
+#define NGX_STREAM_IM_SCRIPTS          7
 
 
 /* a Lua script of ngx_stream_im_scripts.c and its SHA-1 for EVALSHA */
@@ -313,12 +324,25 @@ typedef struct {
 
 extern ngx_stream_im_script_t  ngx_stream_im_scripts[];
 
-typedef void (*ngx_stream_im_redis_handler_pt)(ngx_stream_im_session_t *ctx,
-    ngx_stream_im_ref_t *ref, redisReply *r);
+/* a reply (NULL: the link broke first) with the ref it was queued with */
+typedef void (*ngx_stream_im_redis_handler_pt)(ngx_stream_im_ref_t *ref,
+    redisReply *r);
+
+/* a message on a subscribed channel */
+typedef void (*ngx_stream_im_redis_message_pt)(ngx_str_t *channel,
+    ngx_str_t *payload);
+
+/* the link is ready: fresh, a new link; else the routes lapsed */
+typedef void (*ngx_stream_im_redis_ready_pt)(ngx_uint_t fresh);
 
 ngx_int_t ngx_stream_im_redis_init_worker(ngx_cycle_t *cycle,
     ngx_addr_t *addr);
+void ngx_stream_im_redis_start(void);
+ngx_int_t ngx_stream_im_redis_on_message(ngx_str_t *prefix,
+    ngx_stream_im_redis_message_pt handler);
+ngx_int_t ngx_stream_im_redis_on_ready(ngx_stream_im_redis_ready_pt handler);
 ngx_int_t ngx_stream_im_redis_up(void);
+ngx_uint_t ngx_stream_im_redis_pending(void);
 ngx_str_t *ngx_stream_im_redis_channel(void);
 ngx_int_t ngx_stream_im_redis_command(ngx_uint_t argc, ngx_str_t *argv,
     ngx_stream_im_redis_handler_pt handler, ngx_stream_im_ref_t *ref);
@@ -333,29 +357,25 @@ ngx_int_t ngx_stream_im_redis_refusal(redisReply *r);
 ngx_int_t ngx_stream_im_router_init_worker(ngx_cycle_t *cycle);
 ngx_int_t ngx_stream_im_router_login(ngx_stream_im_session_t *ctx,
     uint32_t id);
-void ngx_stream_im_router_logout(ngx_stream_im_session_t *ctx);
-void ngx_stream_im_router_deliver(ngx_str_t *payload);
-void ngx_stream_im_router_replay(ngx_stream_im_session_t *ctx);
-void ngx_stream_im_router_redis_up(void);
 ngx_int_t ngx_stream_im_router_entry(redisReply *e, ngx_str_t *id,
     ngx_stream_im_msg_id_t *mid, ngx_str_t *partial);
 ngx_stream_im_msg_t *ngx_stream_im_router_message(uint32_t id,
     ngx_str_t *msg_id, ngx_stream_im_msg_id_t *mid, ngx_str_t *partial);
+ngx_int_t ngx_stream_im_router_range(ngx_stream_im_session_t *ctx,
+    ngx_str_t *lo, ngx_str_t *hi, ngx_uint_t reverse, ngx_uint_t count,
+    ngx_stream_im_redis_handler_pt handler, ngx_stream_im_ref_t *ref);
 ngx_str_t *ngx_stream_im_router_session_id(ngx_stream_im_session_t *ctx,
     u_char *buf);
 u_char *ngx_stream_im_router_key(u_char *p, char *kind, ngx_str_t *id,
     char *suffix);
 
 /* presence: watchers of users' online state */
-void ngx_stream_im_presence_init_worker(void);
+ngx_int_t ngx_stream_im_presence_init_worker(void);
 ngx_int_t ngx_stream_im_presence_sub(ngx_stream_im_session_t *ctx,
     Im__Frame *f);
-void ngx_stream_im_presence_event(ngx_str_t *user, ngx_str_t *payload);
-void ngx_stream_im_presence_leave(ngx_stream_im_session_t *ctx);
-void ngx_stream_im_presence_redis_up(void);
 
 /* dispatch of decoded client frames */
-ngx_int_t ngx_stream_im_dispatch(ngx_stream_im_session_t *ctx, Im__Frame *f);
+void ngx_stream_im_dispatch_init_worker(void);
 
 ngx_stream_im_arena_t *ngx_stream_im_worker_arena(void);
 

@@ -38,23 +38,29 @@ static ngx_int_t ngx_stream_im_typing(ngx_stream_im_session_t *ctx,
     Im__Frame *f);
 static ngx_int_t ngx_stream_im_group(ngx_stream_im_session_t *ctx,
     Im__Frame *f, char *group, char *op);
-static void ngx_stream_im_grouped(ngx_stream_im_session_t *ctx,
-    ngx_stream_im_ref_t *ref, redisReply *r);
-static void ngx_stream_im_sent(ngx_stream_im_session_t *ctx,
-    ngx_stream_im_ref_t *ref, redisReply *r);
+static void ngx_stream_im_grouped(ngx_stream_im_ref_t *ref, redisReply *r);
+static void ngx_stream_im_sent(ngx_stream_im_ref_t *ref, redisReply *r);
 static ngx_int_t ngx_stream_im_ack(ngx_stream_im_session_t *ctx,
     Im__Frame *f);
 static ngx_int_t ngx_stream_im_sync(ngx_stream_im_session_t *ctx,
     Im__Frame *f);
-static void ngx_stream_im_synced(ngx_stream_im_session_t *ctx,
-    ngx_stream_im_ref_t *ref, redisReply *r);
+static void ngx_stream_im_synced(ngx_stream_im_ref_t *ref, redisReply *r);
 static ngx_int_t ngx_stream_im_sync_done(ngx_stream_im_session_t *ctx,
     uint32_t id, ngx_str_t *last, ngx_uint_t more);
+static ngx_int_t ngx_stream_im_dispatch(ngx_stream_im_session_t *ctx,
+    Im__Frame *f);
 static ngx_int_t ngx_stream_im_pstrdup(ngx_stream_im_session_t *ctx,
     ngx_str_t *dst, u_char *src, size_t len);
 
 
-ngx_int_t
+void
+ngx_stream_im_dispatch_init_worker(void)
+{
+    ngx_stream_im_session_on_frame(ngx_stream_im_dispatch);
+}
+
+
+static ngx_int_t
 ngx_stream_im_dispatch(ngx_stream_im_session_t *ctx, Im__Frame *f)
 {
     ngx_log_t  *log;
@@ -620,11 +626,17 @@ ngx_stream_im_group(ngx_stream_im_session_t *ctx, Im__Frame *f, char *group,
 
 
 static void
-ngx_stream_im_grouped(ngx_stream_im_session_t *ctx, ngx_stream_im_ref_t *ref,
-    redisReply *r)
+ngx_stream_im_grouped(ngx_stream_im_ref_t *ref, redisReply *r)
 {
-    Im__Ok     ok;
-    Im__Frame  f;
+    Im__Ok                    ok;
+    Im__Frame                 f;
+    ngx_stream_im_session_t  *ctx;
+
+    ctx = ngx_stream_im_session_lookup(ref);
+
+    if (ctx == NULL) {
+        return;
+    }
 
     if (r == NULL || r->type != REDIS_REPLY_INTEGER) {
         ngx_stream_im_script_error(ctx, ref->id, r);
@@ -645,12 +657,18 @@ ngx_stream_im_grouped(ngx_stream_im_session_t *ctx, ngx_stream_im_ref_t *ref,
 /* the script's reply: [msg_id, client_msg_id] */
 
 static void
-ngx_stream_im_sent(ngx_stream_im_session_t *ctx, ngx_stream_im_ref_t *ref,
-    redisReply *r)
+ngx_stream_im_sent(ngx_stream_im_ref_t *ref, redisReply *r)
 {
-    Im__Frame               f;
-    Im__SendAck             ack;
-    ngx_stream_im_msg_id_t  mid;
+    Im__Frame                 f;
+    Im__SendAck               ack;
+    ngx_stream_im_msg_id_t    mid;
+    ngx_stream_im_session_t  *ctx;
+
+    ctx = ngx_stream_im_session_lookup(ref);
+
+    if (ctx == NULL) {
+        return;
+    }
 
     if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2
         || r->element[0]->type != REDIS_REPLY_STRING
@@ -718,15 +736,13 @@ ngx_stream_im_ack(ngx_stream_im_session_t *ctx, Im__Frame *f)
 static ngx_int_t
 ngx_stream_im_sync(ngx_stream_im_session_t *ctx, Im__Frame *f)
 {
-    u_char                  *p;
     uint32_t                 limit;
-    ngx_str_t                argv[6], after, before;
+    ngx_str_t                after, before, lo, hi;
+    ngx_uint_t               reverse;
     ngx_stream_im_ref_t      ref;
     ngx_stream_im_msg_id_t   mid_after, mid_before;
-    u_char                   key[NGX_STREAM_IM_KEY_MAX];
-    u_char                   lo[2 + 2 * NGX_INT64_LEN];
-    u_char                   hi[2 + 2 * NGX_INT64_LEN];
-    u_char                   count[NGX_INT_T_LEN];
+    u_char                   lbuf[2 + NGX_STREAM_IM_ID_MAX];
+    u_char                   hbuf[2 + NGX_STREAM_IM_ID_MAX];
 
     after.data = (u_char *) f->sync->after;
     after.len = ngx_strlen(f->sync->after);
@@ -764,52 +780,32 @@ ngx_stream_im_sync(ngx_stream_im_session_t *ctx, Im__Frame *f)
         return ngx_stream_im_sync_done(ctx, f->id, NULL, 0);
     }
 
-    p = ngx_stream_im_router_key(key, "u", &ctx->user, "inbox");
-
-    argv[1].data = key;
-    argv[1].len = p - key;
-
-    /* exclusive bounds, "(" of Redis 6.2 */
+    /* exclusive bounds, "(" of Redis 6.2; a parsed id fits the buffers */
 
     if (after.len) {
-        argv[2].data = lo;
-        argv[2].len = ngx_sprintf(lo, "(%V", &after) - lo;
+        lo.data = lbuf;
+        lo.len = ngx_sprintf(lbuf, "(%V", &after) - lbuf;
 
     } else {
-        ngx_str_set(&argv[2], "-");
+        ngx_str_set(&lo, "-");
     }
 
     if (before.len) {
-        argv[3].data = hi;
-        argv[3].len = ngx_sprintf(hi, "(%V", &before) - hi;
+        hi.data = hbuf;
+        hi.len = ngx_sprintf(hbuf, "(%V", &before) - hbuf;
 
     } else {
-        ngx_str_set(&argv[3], "+");
+        ngx_str_set(&hi, "+");
     }
 
-    if (before.len && after.len == 0) {
+    /* scroll-back: newest first */
 
-        /* scroll-back: newest first */
-
-        ngx_str_set(&argv[0], "XREVRANGE");
-        argv[2] = argv[3];
-        ngx_str_set(&argv[3], "-");
-
-    } else {
-        ngx_str_set(&argv[0], "XRANGE");
-    }
-
-    ngx_str_set(&argv[4], "COUNT");
-
-    /* one more than asked tells whether there is more */
-
-    argv[5].data = count;
-    argv[5].len = ngx_sprintf(count, "%uD", limit + 1) - count;
+    reverse = (before.len && after.len == 0);
 
     ngx_stream_im_session_ref(ctx, &ref, f->id);
-    ref.arg = limit;
 
-    if (ngx_stream_im_redis_command(6, argv, ngx_stream_im_synced, &ref)
+    if (ngx_stream_im_router_range(ctx, &lo, &hi, reverse, limit,
+                                   ngx_stream_im_synced, &ref)
         != NGX_OK)
     {
         return ngx_stream_im_send_unavailable(ctx, f->id);
@@ -819,27 +815,36 @@ ngx_stream_im_sync(ngx_stream_im_session_t *ctx, Im__Frame *f)
 }
 
 
+/* the range script's reply: {more, entry, ...} */
+
 static void
-ngx_stream_im_synced(ngx_stream_im_session_t *ctx, ngx_stream_im_ref_t *ref,
-    redisReply *r)
+ngx_stream_im_synced(ngx_stream_im_ref_t *ref, redisReply *r)
 {
-    size_t                     i, n;
+    size_t                     i;
     ngx_str_t                  id, partial, last;
     ngx_stream_im_msg_t       *msg;
     ngx_stream_im_msg_id_t     mid;
+    ngx_stream_im_session_t   *ctx;
     ngx_stream_im_srv_conf_t  *iscf;
 
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+    ctx = ngx_stream_im_session_lookup(ref);
+
+    if (ctx == NULL) {
+        return;
+    }
+
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements == 0
+        || r->element[0]->type != REDIS_REPLY_INTEGER)
+    {
         (void) ngx_stream_im_send_unavailable(ctx, ref->id);
         return;
     }
 
     iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
 
-    n = ngx_min(r->elements, ref->arg);
     ngx_str_null(&last);
 
-    for (i = 0; i < n; i++) {
+    for (i = 1; i < r->elements; i++) {
 
         /* a page never fills the send queue: the client asks for more */
 
@@ -865,5 +870,7 @@ ngx_stream_im_synced(ngx_stream_im_session_t *ctx, ngx_stream_im_ref_t *ref,
         last = id;
     }
 
-    (void) ngx_stream_im_sync_done(ctx, ref->id, &last, r->elements > i);
+    (void) ngx_stream_im_sync_done(ctx, ref->id, &last,
+                                   r->element[0]->integer
+                                   || i < r->elements);
 }

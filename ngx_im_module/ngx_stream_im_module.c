@@ -718,15 +718,21 @@ ngx_stream_im_init_process(ngx_cycle_t *cycle)
 
     ngx_stream_im_arena_init(&ngx_stream_im_arena, p, size);
 
+    /* the lower layers first, then the handlers the upper ones register */
+
     if (ngx_stream_im_session_init_worker(cycle) != NGX_OK
-        || ngx_stream_im_router_init_worker(cycle) != NGX_OK)
+        || ngx_stream_im_redis_init_worker(cycle, imcf->redis) != NGX_OK
+        || ngx_stream_im_router_init_worker(cycle) != NGX_OK
+        || ngx_stream_im_presence_init_worker() != NGX_OK)
     {
         return NGX_ERROR;
     }
 
-    ngx_stream_im_presence_init_worker();
+    ngx_stream_im_dispatch_init_worker();
 
-    return ngx_stream_im_redis_init_worker(cycle, imcf->redis);
+    ngx_stream_im_redis_start();
+
+    return NGX_OK;
 }
 
 

@@ -23,50 +23,73 @@
 #define NGX_STREAM_IM_PRESENCE_COALESCE  1000
 
 
+typedef struct ngx_stream_im_watcher_s  ngx_stream_im_watcher_t;
+
 typedef struct {
     ngx_str_node_t             sn;
     ngx_queue_t                watchers;
     ngx_queue_t                all;
     ngx_event_t                timer;
     uint64_t                   last_seen;
+    ngx_stream_im_watcher_t   *mark;          /* of the session at hand */
+    ngx_uint_t                 mark_gen;
     unsigned                   online:1;      /* as last heard */
 } ngx_stream_im_watch_t;
 
 
-typedef struct {
+struct ngx_stream_im_watcher_s {
     ngx_queue_t                link;          /* in the watch */
     ngx_queue_t                own;           /* in the session */
     ngx_stream_im_session_t   *ctx;
     ngx_stream_im_watch_t     *watch;
     unsigned                   told:1;        /* as last passed on */
     unsigned                   known:1;       /* the answer is out */
-} ngx_stream_im_watcher_t;
+};
 
 
 static ngx_stream_im_watch_t *ngx_stream_im_presence_watch(ngx_str_t *user);
+static ngx_uint_t ngx_stream_im_presence_mark(ngx_stream_im_session_t *ctx);
+static ngx_stream_im_watcher_t *ngx_stream_im_presence_marked(
+    ngx_stream_im_watch_t *watch);
 static ngx_int_t ngx_stream_im_presence_channel(ngx_str_t *user,
     char *command);
-static void ngx_stream_im_presence_state(ngx_stream_im_session_t *ctx,
-    ngx_stream_im_ref_t *ref, redisReply *r);
-static ngx_int_t ngx_stream_im_presence_send(ngx_stream_im_session_t *ctx,
-    uint32_t id, ngx_str_t *user, ngx_uint_t online, uint64_t last_seen);
+static void ngx_stream_im_presence_state(ngx_stream_im_ref_t *ref,
+    redisReply *r);
+static ngx_stream_im_msg_t *ngx_stream_im_presence_frame(uint32_t id,
+    ngx_str_t *user, ngx_uint_t online, uint64_t last_seen);
+static void ngx_stream_im_presence_event(ngx_str_t *channel,
+    ngx_str_t *payload);
 static void ngx_stream_im_presence_timer(ngx_event_t *ev);
+static void ngx_stream_im_presence_leave(ngx_stream_im_session_t *ctx);
 static void ngx_stream_im_presence_unwatch(ngx_stream_im_watcher_t *w);
-static ngx_stream_im_watcher_t *ngx_stream_im_presence_watcher(
-    ngx_stream_im_watch_t *watch, ngx_stream_im_session_t *ctx);
+static void ngx_stream_im_presence_ready(ngx_uint_t fresh);
 
 
 static ngx_rbtree_t          ngx_stream_im_watches;
 static ngx_rbtree_node_t     ngx_stream_im_watches_sentinel;
 static ngx_queue_t           ngx_stream_im_watches_all;
+static ngx_uint_t            ngx_stream_im_mark_gen;
+
+static ngx_str_t  ngx_stream_im_presence_prefix = ngx_string("im:presence:");
 
 
-void
+ngx_int_t
 ngx_stream_im_presence_init_worker(void)
 {
     ngx_rbtree_init(&ngx_stream_im_watches, &ngx_stream_im_watches_sentinel,
                     ngx_str_rbtree_insert_value);
     ngx_queue_init(&ngx_stream_im_watches_all);
+
+    if (ngx_stream_im_redis_on_message(&ngx_stream_im_presence_prefix,
+                                       ngx_stream_im_presence_event)
+        != NGX_OK
+        || ngx_stream_im_redis_on_ready(ngx_stream_im_presence_ready)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return ngx_stream_im_session_on_close(ngx_stream_im_presence_leave);
 }
 
 
@@ -80,22 +103,18 @@ ngx_stream_im_presence_watch(ngx_str_t *user)
 
 
 /*
- * PresenceSub{users}: watch them from now on, and answer at once with a
- * Presence per user, read from Redis in one round trip.
+ * The watches of one session marked, so that "does it watch this user"
+ * costs the same however many others watch that user too.
  */
 
-ngx_int_t
-ngx_stream_im_presence_sub(ngx_stream_im_session_t *ctx, Im__Frame *f)
+static ngx_uint_t
+ngx_stream_im_presence_mark(ngx_stream_im_session_t *ctx)
 {
-    size_t                     i, n;
-    ngx_str_t                  user, *args;
-    ngx_queue_t               *q;
-    ngx_stream_im_ref_t        ref;
-    ngx_stream_im_watch_t     *watch;
-    ngx_stream_im_watcher_t   *w;
-    ngx_stream_im_srv_conf_t  *iscf;
+    ngx_uint_t                n;
+    ngx_queue_t              *q;
+    ngx_stream_im_watcher_t  *w;
 
-    iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
+    ngx_stream_im_mark_gen++;
 
     n = 0;
 
@@ -103,48 +122,65 @@ ngx_stream_im_presence_sub(ngx_stream_im_session_t *ctx, Im__Frame *f)
          q != ngx_queue_sentinel(&ctx->watching);
          q = ngx_queue_next(q))
     {
+        w = ngx_queue_data(q, ngx_stream_im_watcher_t, own);
+
+        w->watch->mark = w;
+        w->watch->mark_gen = ngx_stream_im_mark_gen;
         n++;
     }
 
-    if (f->presence_sub->n_users == 0) {
+    return n;
+}
+
+
+static ngx_stream_im_watcher_t *
+ngx_stream_im_presence_marked(ngx_stream_im_watch_t *watch)
+{
+    if (watch && watch->mark_gen == ngx_stream_im_mark_gen) {
+        return watch->mark;
+    }
+
+    return NULL;
+}
+
+
+/*
+ * PresenceSub{users}: watch them from now on, and answer at once with a
+ * Presence per user, read from Redis in one round trip.  A list longer
+ * than im_presence_max is refused before anything is looked up.
+ */
+
+ngx_int_t
+ngx_stream_im_presence_sub(ngx_stream_im_session_t *ctx, Im__Frame *f)
+{
+    size_t                     i, n, nusers;
+    ngx_str_t                  user, *args;
+    ngx_stream_im_ref_t        ref;
+    ngx_stream_im_watch_t     *watch;
+    ngx_stream_im_watcher_t   *w;
+    ngx_stream_im_srv_conf_t  *iscf;
+
+    iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
+
+    nusers = f->presence_sub->n_users;
+
+    if (nusers == 0) {
         return ngx_stream_im_send_error(ctx, f->id,
                                         IM__ERROR__CODE__BAD_FRAME,
                                         "no users");
     }
 
-    for (i = 0; i < f->presence_sub->n_users; i++) {
-        user.data = (u_char *) f->presence_sub->users[i];
-        user.len = ngx_strlen(f->presence_sub->users[i]);
-
-        watch = ngx_stream_im_presence_watch(&user);
-
-        if (watch == NULL || ngx_stream_im_presence_watcher(watch, ctx) == NULL)
-        {
-            n++;
-        }
-    }
-
-    if (n > iscf->presence_max) {
-        ngx_log_error(NGX_LOG_INFO, ctx->session->connection->log, 0,
-                      "client watches over im_presence_max users");
-
-        return ngx_stream_im_send_error(ctx, f->id,
-                                        IM__ERROR__CODE__TOO_LARGE,
-                                        "over im_presence_max users");
-    }
-
-    if (!ngx_stream_im_redis_up()) {
-        return ngx_stream_im_send_unavailable(ctx, f->id);
+    if (nusers > iscf->presence_max) {
+        goto too_many;
     }
 
     args = ngx_stream_im_arena_alloc(ngx_stream_im_worker_arena(),
-                                     f->presence_sub->n_users
-                                     * sizeof(ngx_str_t));
+                                     nusers * sizeof(ngx_str_t));
     if (args == NULL) {
         return NGX_ERROR;
     }
 
-    for (i = 0; i < f->presence_sub->n_users; i++) {
+    for (i = 0; i < nusers; i++) {
         user.data = (u_char *) f->presence_sub->users[i];
         user.len = ngx_strlen(f->presence_sub->users[i]);
 
@@ -160,7 +196,39 @@ ngx_stream_im_presence_sub(ngx_stream_im_session_t *ctx, Im__Frame *f)
         args[i] = user;
     }
 
-    for (i = 0; i < f->presence_sub->n_users; i++) {
+    /* the watches it has and the new ones together, each user once */
+
+    n = ngx_stream_im_presence_mark(ctx);
+
+    for (i = 0; i < nusers; i++) {
+        watch = ngx_stream_im_presence_watch(&args[i]);
+
+        if (watch && watch->mark_gen == ngx_stream_im_mark_gen) {
+            continue;
+        }
+
+        n++;
+
+        if (watch) {
+
+            /* a user named twice in the list counts once */
+
+            watch->mark = NULL;
+            watch->mark_gen = ngx_stream_im_mark_gen;
+        }
+    }
+
+    if (n > iscf->presence_max) {
+        goto too_many;
+    }
+
+    if (!ngx_stream_im_redis_up()) {
+        return ngx_stream_im_send_unavailable(ctx, f->id);
+    }
+
+    (void) ngx_stream_im_presence_mark(ctx);
+
+    for (i = 0; i < nusers; i++) {
         user = args[i];
 
         watch = ngx_stream_im_presence_watch(&user);
@@ -192,7 +260,7 @@ ngx_stream_im_presence_sub(ngx_stream_im_session_t *ctx, Im__Frame *f)
 
         /* watching one user twice is watching it once */
 
-        if (ngx_stream_im_presence_watcher(watch, ctx)) {
+        if (ngx_stream_im_presence_marked(watch)) {
             continue;
         }
 
@@ -207,42 +275,31 @@ ngx_stream_im_presence_sub(ngx_stream_im_session_t *ctx, Im__Frame *f)
         w->known = 0;
         ngx_queue_insert_tail(&watch->watchers, &w->link);
         ngx_queue_insert_tail(&ctx->watching, &w->own);
+
+        watch->mark = w;
+        watch->mark_gen = ngx_stream_im_mark_gen;
     }
 
     ngx_stream_im_session_ref(ctx, &ref, f->id);
-    ref.arg = (uint32_t) f->presence_sub->n_users;
+    ref.arg = (uint32_t) nusers;
 
     if (ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_PRESENCE, 0, NULL,
-                                 f->presence_sub->n_users, args,
-                                 ngx_stream_im_presence_state, &ref)
+                                 nusers, args, ngx_stream_im_presence_state,
+                                 &ref)
         != NGX_OK)
     {
         return ngx_stream_im_send_unavailable(ctx, f->id);
     }
 
     return NGX_OK;
-}
 
+too_many:
 
-static ngx_stream_im_watcher_t *
-ngx_stream_im_presence_watcher(ngx_stream_im_watch_t *watch,
-    ngx_stream_im_session_t *ctx)
-{
-    ngx_queue_t              *q;
-    ngx_stream_im_watcher_t  *w;
+    ngx_log_error(NGX_LOG_INFO, ctx->session->connection->log, 0,
+                  "client watches over im_presence_max users");
 
-    for (q = ngx_queue_head(&watch->watchers);
-         q != ngx_queue_sentinel(&watch->watchers);
-         q = ngx_queue_next(q))
-    {
-        w = ngx_queue_data(q, ngx_stream_im_watcher_t, link);
-
-        if (w->ctx == ctx) {
-            return w;
-        }
-    }
-
-    return NULL;
+    return ngx_stream_im_send_error(ctx, f->id, IM__ERROR__CODE__TOO_LARGE,
+                                    "over im_presence_max users");
 }
 
 
@@ -264,15 +321,21 @@ ngx_stream_im_presence_channel(ngx_str_t *user, char *command)
 /* the script's reply: [user, online, last_seen_ms, ...] */
 
 static void
-ngx_stream_im_presence_state(ngx_stream_im_session_t *ctx,
-    ngx_stream_im_ref_t *ref, redisReply *r)
+ngx_stream_im_presence_state(ngx_stream_im_ref_t *ref, redisReply *r)
 {
     size_t                    i;
     ngx_str_t                 user;
     ngx_uint_t                online;
     redisReply              **e;
-    ngx_stream_im_watch_t    *watch;
+    ngx_stream_im_msg_t      *msg;
+    ngx_stream_im_session_t  *ctx;
     ngx_stream_im_watcher_t  *w;
+
+    ctx = ngx_stream_im_session_lookup(ref);
+
+    if (ctx == NULL) {
+        return;
+    }
 
     if (r == NULL || r->type != REDIS_REPLY_ARRAY
         || r->elements != 3 * (size_t) ref->arg)
@@ -281,10 +344,13 @@ ngx_stream_im_presence_state(ngx_stream_im_session_t *ctx,
         return;
     }
 
+    (void) ngx_stream_im_presence_mark(ctx);
+
     e = r->element;
 
     for (i = 0; i < r->elements; i += 3) {
         if (e[i]->type != REDIS_REPLY_STRING
+            || e[i]->len > NGX_STREAM_IM_ID_MAX
             || e[i + 1]->type != REDIS_REPLY_INTEGER
             || e[i + 2]->type != REDIS_REPLY_INTEGER)
         {
@@ -297,58 +363,78 @@ ngx_stream_im_presence_state(ngx_stream_im_session_t *ctx,
 
         /* changes after this answer are passed on from this state */
 
-        watch = ngx_stream_im_presence_watch(&user);
-        w = watch ? ngx_stream_im_presence_watcher(watch, ctx) : NULL;
+        w = ngx_stream_im_presence_marked(ngx_stream_im_presence_watch(&user));
 
         if (w) {
             w->told = online;
             w->known = 1;
         }
 
-        if (ngx_stream_im_presence_send(ctx, ref->id, &user, online,
-                                        e[i + 2]->integer)
-            != NGX_OK)
-        {
+        msg = ngx_stream_im_presence_frame(ref->id, &user, online,
+                                           e[i + 2]->integer);
+        if (msg == NULL) {
+            return;
+        }
+
+        if (ngx_stream_im_queue(ctx, msg) != NGX_OK) {
             return;
         }
     }
 }
 
 
-static ngx_int_t
-ngx_stream_im_presence_send(ngx_stream_im_session_t *ctx, uint32_t id,
-    ngx_str_t *user, ngx_uint_t online, uint64_t last_seen)
+static ngx_stream_im_msg_t *
+ngx_stream_im_presence_frame(uint32_t id, ngx_str_t *user, ngx_uint_t online,
+    uint64_t last_seen)
 {
-    Im__Frame     f;
-    Im__Presence  p;
-    u_char        name[NGX_STREAM_IM_ID_MAX + 1];
+    size_t                n;
+    u_char               *p;
+    Im__Frame             f;
+    Im__Presence          pr;
+    ngx_stream_im_msg_t  *msg;
+    u_char                name[NGX_STREAM_IM_ID_MAX + 1];
 
     ngx_memcpy(name, user->data, user->len);
     name[user->len] = '\0';
 
     im__frame__init(&f);
-    im__presence__init(&p);
+    im__presence__init(&pr);
 
-    p.user = (char *) name;
-    p.online = online;
-    p.last_seen_ms = last_seen;
+    pr.user = (char *) name;
+    pr.online = online;
+    pr.last_seen_ms = last_seen;
 
     f.id = id;
     f.body_case = IM__FRAME__BODY_PRESENCE;
-    f.presence = &p;
+    f.presence = &pr;
 
-    return ngx_stream_im_send_frame(ctx, &f);
+    n = ngx_stream_im_encoded_size(&f);
+
+    msg = ngx_stream_im_msg_alloc(NGX_STREAM_IM_WS_HEADER_MAX + n,
+                                  ngx_cycle->log);
+    if (msg == NULL) {
+        return NULL;
+    }
+
+    p = ngx_stream_im_encode(msg->data, &f, n);
+    msg->len = p - msg->data;
+
+    return msg;
 }
 
 
 /* a message on im:presence:<uid>: "<1 or 0> <ms>" */
 
-void
-ngx_stream_im_presence_event(ngx_str_t *user, ngx_str_t *payload)
+static void
+ngx_stream_im_presence_event(ngx_str_t *channel, ngx_str_t *payload)
 {
+    ngx_str_t               user;
     ngx_stream_im_watch_t  *watch;
 
-    watch = ngx_stream_im_presence_watch(user);
+    user.data = channel->data + ngx_stream_im_presence_prefix.len;
+    user.len = channel->len - ngx_stream_im_presence_prefix.len;
+
+    watch = ngx_stream_im_presence_watch(&user);
 
     if (watch == NULL || payload->len < 3) {
         return;
@@ -368,11 +454,22 @@ static void
 ngx_stream_im_presence_timer(ngx_event_t *ev)
 {
     ngx_queue_t              *q;
+    ngx_stream_im_msg_t      *msg;
     ngx_stream_im_watch_t    *watch;
     ngx_stream_im_watcher_t  *w;
 
     watch = (ngx_stream_im_watch_t *)
                 ((u_char *) ev - offsetof(ngx_stream_im_watch_t, timer));
+
+    /* one frame for every watcher that is told */
+
+    msg = ngx_stream_im_presence_frame(0, &watch->sn.str, watch->online,
+                                       watch->last_seen);
+    if (msg == NULL) {
+        return;
+    }
+
+    msg->refs++;
 
     for (q = ngx_queue_head(&watch->watchers);
          q != ngx_queue_sentinel(&watch->watchers);
@@ -388,15 +485,16 @@ ngx_stream_im_presence_timer(ngx_event_t *ev)
 
         w->told = watch->online;
 
-        (void) ngx_stream_im_presence_send(w->ctx, 0, &watch->sn.str,
-                                           watch->online, watch->last_seen);
+        (void) ngx_stream_im_queue(w->ctx, msg);
     }
+
+    ngx_stream_im_msg_release(msg);
 }
 
 
 /* the session is closing: it watches no one any more */
 
-void
+static void
 ngx_stream_im_presence_leave(ngx_stream_im_session_t *ctx)
 {
     ngx_queue_t              *q;
@@ -440,11 +538,15 @@ ngx_stream_im_presence_unwatch(ngx_stream_im_watcher_t *w)
 
 /* the subscriber connection is new: subscribe again to every channel */
 
-void
-ngx_stream_im_presence_redis_up(void)
+static void
+ngx_stream_im_presence_ready(ngx_uint_t fresh)
 {
     ngx_queue_t            *q;
     ngx_stream_im_watch_t  *watch;
+
+    if (!fresh) {
+        return;
+    }
 
     for (q = ngx_queue_head(&ngx_stream_im_watches_all);
          q != ngx_queue_sentinel(&ngx_stream_im_watches_all);

@@ -9,6 +9,8 @@
 #include <ngx_stream.h>
 #include <ngx_sha1.h>
 
+#include <poll.h>
+
 #include "ngx_stream_im.h"
 
 
@@ -18,17 +20,34 @@
  * only parses replies; commands are written in RESP straight into one
  * output buffer, so every command of an event loop turn goes out in one
  * write.  Replies come back in order and find their callbacks in a ring;
- * a callback reaches its session by connection slot and number, never by
- * a pointer that a closed connection could have left dangling.
+ * a callback gets back the ref it was queued with, by which it finds its
+ * session, never by a pointer that a closed connection left dangling.
+ *
+ * The link knows nothing of what runs above it: channel messages go to
+ * the handlers registered for their channel's prefix, and "ready" (the
+ * scripts are loaded and the subscription is answered, or the worker's
+ * routes lapsed while the link stayed up) goes to the ready handlers.
+ *
+ *     DOWN -> CONNECTING -> LOADING -> READY -> DRAINING (worker exit)
+ *
+ * Only READY takes commands from above and passes channel messages on;
+ * what arrives before it is covered by the catch-up the ready handlers
+ * start.  Any fault goes back to DOWN, and a backoff later, CONNECTING.
  */
 
 
 #define NGX_STREAM_IM_REDIS_DOWN        0
 #define NGX_STREAM_IM_REDIS_CONNECTING  1
 #define NGX_STREAM_IM_REDIS_LOADING     2
-#define NGX_STREAM_IM_REDIS_UP          3
+#define NGX_STREAM_IM_REDIS_READY       3
+#define NGX_STREAM_IM_REDIS_DRAINING    4
 
 #define NGX_STREAM_IM_REDIS_BUF         16384
+#define NGX_STREAM_IM_REDIS_READ_MAX    (256 * 1024)
+#define NGX_STREAM_IM_REDIS_REPLIES_MAX 1024
+#define NGX_STREAM_IM_REDIS_ARGS        16
+#define NGX_STREAM_IM_REDIS_HANDLERS    4
+#define NGX_STREAM_IM_REDIS_EXIT_WAIT   1000
 #define NGX_STREAM_IM_REDIS_OUT_MAX     (64 * 1024 * 1024)
 #define NGX_STREAM_IM_REDIS_TIMEOUT     3000
 #define NGX_STREAM_IM_REDIS_BACKOFF_MIN 100
@@ -43,7 +62,10 @@ typedef struct {
 } ngx_stream_im_redis_cb_t;
 
 
-
+typedef struct {
+    ngx_str_t                       prefix;
+    ngx_stream_im_redis_message_pt  handler;
+} ngx_stream_im_redis_sub_t;
 
 
 typedef struct {
@@ -70,8 +92,13 @@ typedef struct {
     ngx_stream_im_redis_conn_t      sub;
     ngx_addr_t                     *addr;
     ngx_uint_t                      state;
-    ngx_uint_t                      pending;    /* replies before UP */
+    ngx_uint_t                      pending;    /* replies before READY */
     ngx_uint_t                      heartbeat_pending;
+    ngx_uint_t                      alive_set;  /* a heartbeat was stored */
+    ngx_uint_t                      nsubs;
+    ngx_uint_t                      nready;
+    ngx_stream_im_redis_sub_t       subs[NGX_STREAM_IM_REDIS_HANDLERS];
+    ngx_stream_im_redis_ready_pt    ready[NGX_STREAM_IM_REDIS_HANDLERS];
     ngx_msec_t                      backoff;
     ngx_event_t                     reconnect;
     ngx_event_t                     heartbeat;
@@ -84,19 +111,22 @@ static ngx_int_t ngx_stream_im_redis_connect_one(
     ngx_stream_im_redis_conn_t *rc);
 static void ngx_stream_im_redis_connected(ngx_stream_im_redis_conn_t *rc);
 static void ngx_stream_im_redis_start_link(void);
-static void ngx_stream_im_redis_loaded(ngx_stream_im_session_t *ctx,
-    ngx_stream_im_ref_t *ref, redisReply *r);
+static void ngx_stream_im_redis_loaded(ngx_stream_im_ref_t *ref,
+    redisReply *r);
+static void ngx_stream_im_redis_call_ready(ngx_uint_t fresh);
 static void ngx_stream_im_redis_fail(char *why);
 static void ngx_stream_im_redis_close_one(ngx_stream_im_redis_conn_t *rc);
 static void ngx_stream_im_redis_reconnect_handler(ngx_event_t *ev);
 static void ngx_stream_im_redis_heartbeat_handler(ngx_event_t *ev);
+static void ngx_stream_im_redis_heartbeat_reply(ngx_stream_im_ref_t *ref,
+    redisReply *r);
 static void ngx_stream_im_redis_read_handler(ngx_event_t *rev);
 static void ngx_stream_im_redis_write_handler(ngx_event_t *wev);
 static ngx_int_t ngx_stream_im_redis_reply(ngx_stream_im_redis_conn_t *rc,
     redisReply *r);
 static void ngx_stream_im_redis_push(redisReply *r);
-static void ngx_stream_im_redis_heartbeat_reply(ngx_stream_im_session_t *ctx,
-    ngx_stream_im_ref_t *ref, redisReply *r);
+static void ngx_stream_im_redis_flush_sync(ngx_stream_im_redis_conn_t *rc,
+    ngx_msec_t timeout);
 static u_char *ngx_stream_im_redis_log_error(ngx_log_t *log, u_char *buf,
     size_t len);
 static ngx_int_t ngx_stream_im_redis_append(ngx_stream_im_redis_conn_t *rc,
@@ -118,17 +148,18 @@ static u_char  ngx_stream_im_redis_buf[NGX_STREAM_IM_REDIS_BUF];
 ngx_int_t
 ngx_stream_im_redis_init_worker(ngx_cycle_t *cycle, ngx_addr_t *addr)
 {
-    u_char                        *p;
-    ngx_uint_t                     i;
-    ngx_sha1_t                     sha1;
-    ngx_stream_im_redis_t         *rd;
+    u_char                  *p;
+    ngx_uint_t               i;
+    ngx_sha1_t               sha1;
+    ngx_stream_im_redis_t   *rd;
     ngx_stream_im_script_t  *sc;
-    u_char                         digest[20];
+    u_char                   digest[20];
 
     rd = &ngx_stream_im_redis;
 
     rd->addr = addr;
     rd->cmd.subscriber = 0;
+    rd->sub.subscriber = 1;
 
     /* errors of the Redis sockets say what they are about */
 
@@ -136,8 +167,6 @@ ngx_stream_im_redis_init_worker(ngx_cycle_t *cycle, ngx_addr_t *addr)
     ngx_stream_im_redis_log.handler = ngx_stream_im_redis_log_error;
     ngx_stream_im_redis_log.data = rd;
     ngx_stream_im_redis_log.action = "talking to redis";
-
-    rd->sub.subscriber = 1;
 
     /* each worker process has its own channel, unique across reloads */
 
@@ -176,7 +205,53 @@ ngx_stream_im_redis_init_worker(ngx_cycle_t *cycle, ngx_addr_t *addr)
 
     rd->backoff = NGX_STREAM_IM_REDIS_BACKOFF_MIN;
 
+    return NGX_OK;
+}
+
+
+/* the handlers are registered: connect */
+
+void
+ngx_stream_im_redis_start(void)
+{
     ngx_stream_im_redis_start_link();
+}
+
+
+/* messages on channels that start with prefix go to handler */
+
+ngx_int_t
+ngx_stream_im_redis_on_message(ngx_str_t *prefix,
+    ngx_stream_im_redis_message_pt handler)
+{
+    ngx_stream_im_redis_t  *rd;
+
+    rd = &ngx_stream_im_redis;
+
+    if (rd->nsubs == NGX_STREAM_IM_REDIS_HANDLERS) {
+        return NGX_ERROR;
+    }
+
+    rd->subs[rd->nsubs].prefix = *prefix;
+    rd->subs[rd->nsubs].handler = handler;
+    rd->nsubs++;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_stream_im_redis_on_ready(ngx_stream_im_redis_ready_pt handler)
+{
+    ngx_stream_im_redis_t  *rd;
+
+    rd = &ngx_stream_im_redis;
+
+    if (rd->nready == NGX_STREAM_IM_REDIS_HANDLERS) {
+        return NGX_ERROR;
+    }
+
+    rd->ready[rd->nready++] = handler;
 
     return NGX_OK;
 }
@@ -192,20 +267,29 @@ ngx_stream_im_redis_channel(void)
 ngx_int_t
 ngx_stream_im_redis_up(void)
 {
-    return ngx_stream_im_redis.state == NGX_STREAM_IM_REDIS_UP;
+    return ngx_stream_im_redis.state == NGX_STREAM_IM_REDIS_READY;
+}
+
+
+/* how many commands wait for their replies */
+
+ngx_uint_t
+ngx_stream_im_redis_pending(void)
+{
+    return ngx_stream_im_redis.cmd.cb_count;
 }
 
 
 /*
- * Queues a command; its reply reaches handler with the session that ref
- * names, or with NULL if that session is gone (handler may be NULL).
+ * Queues a command; its reply, or NULL if the link broke first, reaches
+ * handler with the ref given here (handler may be NULL).
  */
 
 ngx_int_t
 ngx_stream_im_redis_command(ngx_uint_t argc, ngx_str_t *argv,
     ngx_stream_im_redis_handler_pt handler, ngx_stream_im_ref_t *ref)
 {
-    if (ngx_stream_im_redis.state != NGX_STREAM_IM_REDIS_UP) {
+    if (ngx_stream_im_redis.state != NGX_STREAM_IM_REDIS_READY) {
         return NGX_DECLINED;
     }
 
@@ -219,22 +303,35 @@ ngx_stream_im_redis_eval(ngx_uint_t script, ngx_uint_t nkeys, ngx_str_t *keys,
     ngx_uint_t nargs, ngx_str_t *args, ngx_stream_im_redis_handler_pt handler,
     ngx_stream_im_ref_t *ref)
 {
-    ngx_uint_t  i, n;
-    ngx_str_t   argv[16];
-    u_char      num[NGX_INT_T_LEN];
+    ngx_int_t    rc;
+    ngx_uint_t   i, n;
+    ngx_str_t   *argv;
+    ngx_str_t    stack[NGX_STREAM_IM_REDIS_ARGS];
+    u_char       num[NGX_INT_T_LEN];
 
-    n = 0;
+    /* a client's list (PresenceSub) may be long: never a fixed array */
 
-    ngx_str_set(&argv[n], "EVALSHA");
-    n++;
+    n = 3 + nkeys + nargs;
 
-    argv[n].data = ngx_stream_im_scripts[script].sha;
-    argv[n].len = 40;
-    n++;
+    if (n <= NGX_STREAM_IM_REDIS_ARGS) {
+        argv = stack;
 
-    argv[n].data = num;
-    argv[n].len = ngx_sprintf(num, "%ui", nkeys) - num;
-    n++;
+    } else {
+        argv = ngx_alloc(n * sizeof(ngx_str_t), ngx_cycle->log);
+        if (argv == NULL) {
+            return NGX_ERROR;
+        }
+    }
+
+    ngx_str_set(&argv[0], "EVALSHA");
+
+    argv[1].data = ngx_stream_im_scripts[script].sha;
+    argv[1].len = 40;
+
+    argv[2].data = num;
+    argv[2].len = ngx_sprintf(num, "%ui", nkeys) - num;
+
+    n = 3;
 
     for (i = 0; i < nkeys; i++) {
         argv[n++] = keys[i];
@@ -244,11 +341,22 @@ ngx_stream_im_redis_eval(ngx_uint_t script, ngx_uint_t nkeys, ngx_str_t *keys,
         argv[n++] = args[i];
     }
 
-    return ngx_stream_im_redis_command(n, argv, handler, ref);
+    rc = ngx_stream_im_redis_command(n, argv, handler, ref);
+
+    if (argv != stack) {
+        ngx_free(argv);
+    }
+
+    return rc;
 }
 
 
-/* the worker is leaving: its routes are dead now, not in 15 seconds */
+/*
+ * The worker is leaving: what it queued (the routes of its sessions)
+ * goes out, and its routes are dead now, not in 15 seconds.  It waits a
+ * little for the replies: a socket closed with replies unread is reset,
+ * and a reset may take the last commands with it.
+ */
 
 void
 ngx_stream_im_redis_exit_worker(void)
@@ -260,13 +368,14 @@ ngx_stream_im_redis_exit_worker(void)
     rd = &ngx_stream_im_redis;
     rc = &rd->cmd;
 
-    if (rd->state == NGX_STREAM_IM_REDIS_UP) {
+    if (rd->state == NGX_STREAM_IM_REDIS_READY) {
+        rd->state = NGX_STREAM_IM_REDIS_DRAINING;
+
         ngx_str_set(&argv[0], "DEL");
         argv[1] = rd->alive;
 
-        if (ngx_stream_im_redis_append(rc, 2, argv) == NGX_OK) {
-            (void) rc->connection->send(rc->connection, rc->out + rc->out_pos,
-                                        rc->out_len - rc->out_pos);
+        if (ngx_stream_im_redis_send(rc, 2, argv, NULL, NULL) == NGX_OK) {
+            ngx_stream_im_redis_flush_sync(rc, NGX_STREAM_IM_REDIS_EXIT_WAIT);
         }
     }
 
@@ -278,6 +387,110 @@ ngx_stream_im_redis_exit_worker(void)
 
     ngx_stream_im_redis_close_one(&rd->cmd);
     ngx_stream_im_redis_close_one(&rd->sub);
+
+    ngx_free(rd->cmd.out);
+    ngx_free(rd->sub.out);
+    ngx_free(rd->cmd.cbs);
+    ngx_free(rd->sub.cbs);
+
+    ngx_memzero(&rd->cmd, sizeof(ngx_stream_im_redis_conn_t));
+    ngx_memzero(&rd->sub, sizeof(ngx_stream_im_redis_conn_t));
+}
+
+
+/* at exit only: write out what is queued and read every reply, in time */
+
+static void
+ngx_stream_im_redis_flush_sync(ngx_stream_im_redis_conn_t *rc,
+    ngx_msec_t timeout)
+{
+    int                events;
+    ssize_t            n;
+    ngx_msec_t         start, left;
+    redisReply        *r;
+    struct pollfd      pfd;
+    ngx_connection_t  *c;
+
+    c = rc->connection;
+
+    if (c == NULL || !rc->connected) {
+        return;
+    }
+
+    ngx_time_update();
+    start = ngx_current_msec;
+
+    while (rc->cb_count) {
+
+        left = timeout - (ngx_current_msec - start);
+
+        if ((ngx_msec_int_t) left <= 0) {
+            ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                          "redis %V: %ui replies not read at exit",
+                          &ngx_stream_im_redis.addr->name, rc->cb_count);
+            return;
+        }
+
+        events = POLLIN;
+
+        if (rc->out_pos < rc->out_len) {
+            events |= POLLOUT;
+        }
+
+        pfd.fd = c->fd;
+        pfd.events = (short) events;
+        pfd.revents = 0;
+
+        if (poll(&pfd, 1, (int) left) == -1 && ngx_errno != NGX_EINTR) {
+            return;
+        }
+
+        ngx_time_update();
+
+        if (pfd.revents & POLLOUT) {
+            n = c->send(c, rc->out + rc->out_pos, rc->out_len - rc->out_pos);
+
+            if (n == NGX_ERROR) {
+                return;
+            }
+
+            if (n > 0) {
+                rc->out_pos += n;
+            }
+        }
+
+        if (!(pfd.revents & (POLLIN|POLLHUP|POLLERR))) {
+            continue;
+        }
+
+        n = c->recv(c, ngx_stream_im_redis_buf, NGX_STREAM_IM_REDIS_BUF);
+
+        if (n == NGX_AGAIN) {
+            continue;
+        }
+
+        if (n == NGX_ERROR || n == 0
+            || redisReaderFeed(rc->reader, (char *) ngx_stream_im_redis_buf, n)
+               != REDIS_OK)
+        {
+            return;
+        }
+
+        while (rc->cb_count) {
+            if (redisReaderGetReply(rc->reader, (void **) &r) != REDIS_OK) {
+                return;
+            }
+
+            if (r == NULL) {
+                break;
+            }
+
+            freeReplyObject(r);
+
+            rc->cb_head = (rc->cb_head + 1) & (rc->cb_size - 1);
+            rc->cb_count--;
+        }
+    }
 }
 
 
@@ -360,8 +573,8 @@ ngx_stream_im_redis_connected(ngx_stream_im_redis_conn_t *rc)
     }
 
     /*
-     * Both sockets are up: load the script (a restarted Redis has lost
-     * it), subscribe, and only then take commands from sessions.
+     * Both sockets are up: load the scripts (a restarted Redis has lost
+     * them), subscribe, and only then take commands from sessions.
      */
 
     rd->state = NGX_STREAM_IM_REDIS_LOADING;
@@ -394,14 +607,13 @@ ngx_stream_im_redis_connected(ngx_stream_im_redis_conn_t *rc)
 
 
 static void
-ngx_stream_im_redis_loaded(ngx_stream_im_session_t *ctx,
-    ngx_stream_im_ref_t *ref, redisReply *r)
+ngx_stream_im_redis_loaded(ngx_stream_im_ref_t *ref, redisReply *r)
 {
     ngx_stream_im_redis_t  *rd;
 
     rd = &ngx_stream_im_redis;
 
-    if (r == NULL) {
+    if (r == NULL || rd->state != NGX_STREAM_IM_REDIS_LOADING) {
         return;
     }
 
@@ -420,14 +632,29 @@ ngx_stream_im_redis_loaded(ngx_stream_im_session_t *ctx,
                   "redis %V is up, channel \"%V\"", &rd->addr->name,
                   &rd->channel);
 
-    rd->state = NGX_STREAM_IM_REDIS_UP;
+    rd->state = NGX_STREAM_IM_REDIS_READY;
     rd->backoff = NGX_STREAM_IM_REDIS_BACKOFF_MIN;
 
     ngx_stream_im_redis_heartbeat_handler(&rd->heartbeat);
 
-    /* sessions re-register and catch up on what they missed meanwhile */
+    /* the subscriptions are new and anything may have been missed */
 
-    ngx_stream_im_router_redis_up();
+    ngx_stream_im_redis_call_ready(1);
+}
+
+
+static void
+ngx_stream_im_redis_call_ready(ngx_uint_t fresh)
+{
+    ngx_uint_t              i;
+    ngx_stream_im_redis_t  *rd;
+
+    rd = &ngx_stream_im_redis;
+
+    for (i = 0; i < rd->nready && rd->state == NGX_STREAM_IM_REDIS_READY; i++)
+    {
+        rd->ready[i](fresh);
+    }
 }
 
 
@@ -450,6 +677,7 @@ ngx_stream_im_redis_fail(char *why)
 
     rd->state = NGX_STREAM_IM_REDIS_DOWN;
     rd->heartbeat_pending = 0;
+    rd->alive_set = 0;
 
     ngx_stream_im_redis_close_one(&rd->cmd);
     ngx_stream_im_redis_close_one(&rd->sub);
@@ -482,7 +710,6 @@ static void
 ngx_stream_im_redis_close_one(ngx_stream_im_redis_conn_t *rc)
 {
     ngx_stream_im_redis_cb_t  *cb;
-    ngx_stream_im_session_t   *ctx;
 
     if (rc->connection) {
         ngx_close_connection(rc->connection);
@@ -504,14 +731,8 @@ ngx_stream_im_redis_close_one(ngx_stream_im_redis_conn_t *rc)
         rc->cb_head = (rc->cb_head + 1) & (rc->cb_size - 1);
         rc->cb_count--;
 
-        if (cb->handler == NULL) {
-            continue;
-        }
-
-        ctx = ngx_stream_im_session_lookup(&cb->ref);
-
-        if (ctx || cb->ref.number == 0) {
-            cb->handler(ctx, &cb->ref, NULL);
+        if (cb->handler) {
+            cb->handler(&cb->ref, NULL);
         }
     }
 
@@ -538,7 +759,7 @@ ngx_stream_im_redis_heartbeat_handler(ngx_event_t *ev)
 
     rd = &ngx_stream_im_redis;
 
-    if (rd->state != NGX_STREAM_IM_REDIS_UP) {
+    if (rd->state != NGX_STREAM_IM_REDIS_READY) {
         return;
     }
 
@@ -549,15 +770,19 @@ ngx_stream_im_redis_heartbeat_handler(ngx_event_t *ev)
         return;
     }
 
-    /* routes to this worker count only while this key lives */
+    /*
+     * Routes to this worker count only while this key lives; GET tells
+     * whether it lapsed meanwhile (the worker was stalled).
+     */
 
     ngx_str_set(&argv[0], "SET");
     argv[1] = rd->alive;
     ngx_str_set(&argv[2], "1");
     ngx_str_set(&argv[3], "PX");
     ngx_str_set(&argv[4], NGX_STREAM_IM_REDIS_ALIVE_TTL);
+    ngx_str_set(&argv[5], "GET");
 
-    if (ngx_stream_im_redis_send(&rd->cmd, 5, argv,
+    if (ngx_stream_im_redis_send(&rd->cmd, 6, argv,
                                  ngx_stream_im_redis_heartbeat_reply, NULL)
         == NGX_OK)
     {
@@ -569,22 +794,53 @@ ngx_stream_im_redis_heartbeat_handler(ngx_event_t *ev)
 
 
 static void
-ngx_stream_im_redis_heartbeat_reply(ngx_stream_im_session_t *ctx,
-    ngx_stream_im_ref_t *ref, redisReply *r)
+ngx_stream_im_redis_heartbeat_reply(ngx_stream_im_ref_t *ref, redisReply *r)
 {
-    ngx_stream_im_redis.heartbeat_pending = 0;
+    ngx_stream_im_redis_t  *rd;
 
-    if (r && r->type == REDIS_REPLY_ERROR) {
+    rd = &ngx_stream_im_redis;
+
+    rd->heartbeat_pending = 0;
+
+    if (r == NULL) {
+        return;
+    }
+
+    if (r->type == REDIS_REPLY_ERROR) {
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                       "redis refused the heartbeat: %s", r->str);
+        return;
     }
+
+    if (r->type == REDIS_REPLY_NIL && rd->alive_set) {
+
+        /*
+         * The key expired under a live link: other workers have dropped
+         * this worker's routes and published past it.
+         */
+
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "redis %V: the routes of this worker lapsed, "
+                      "registering them again", &rd->addr->name);
+
+        ngx_stream_im_redis_call_ready(0);
+    }
+
+    rd->alive_set = 1;
 }
 
+
+/*
+ * Replies are handled up to a count and a byte budget per event; the
+ * rest waits for the next turn of the event loop, after other sockets.
+ */
 
 static void
 ngx_stream_im_redis_read_handler(ngx_event_t *rev)
 {
+    size_t                       bytes;
     ssize_t                      n;
+    ngx_uint_t                   replies;
     redisReply                  *r;
     ngx_connection_t            *c;
     ngx_stream_im_redis_conn_t  *rc;
@@ -602,26 +858,12 @@ ngx_stream_im_redis_read_handler(ngx_event_t *rev)
         c->close = 0;
     }
 
+    bytes = 0;
+    replies = 0;
+
     for ( ;; ) {
-        n = c->recv(c, ngx_stream_im_redis_buf, NGX_STREAM_IM_REDIS_BUF);
 
-        if (n == NGX_AGAIN) {
-            break;
-        }
-
-        if (n == NGX_ERROR || n == 0) {
-            ngx_stream_im_redis_fail("connection closed");
-            return;
-        }
-
-        if (redisReaderFeed(rc->reader, (char *) ngx_stream_im_redis_buf, n)
-            != REDIS_OK)
-        {
-            ngx_stream_im_redis_fail("bad reply");
-            return;
-        }
-
-        for ( ;; ) {
+        while (replies < NGX_STREAM_IM_REDIS_REPLIES_MAX) {
             if (redisReaderGetReply(rc->reader, (void **) &r) != REDIS_OK) {
                 ngx_stream_im_redis_fail("bad reply");
                 return;
@@ -630,6 +872,8 @@ ngx_stream_im_redis_read_handler(ngx_event_t *rev)
             if (r == NULL) {
                 break;
             }
+
+            replies++;
 
             if (ngx_stream_im_redis_reply(rc, r) != NGX_OK) {
                 freeReplyObject(r);
@@ -643,6 +887,33 @@ ngx_stream_im_redis_read_handler(ngx_event_t *rev)
                 return;
             }
         }
+
+        if (replies == NGX_STREAM_IM_REDIS_REPLIES_MAX
+            || bytes >= NGX_STREAM_IM_REDIS_READ_MAX)
+        {
+            ngx_post_event(rev, &ngx_posted_next_events);
+            return;
+        }
+
+        n = c->recv(c, ngx_stream_im_redis_buf, NGX_STREAM_IM_REDIS_BUF);
+
+        if (n == NGX_AGAIN) {
+            break;
+        }
+
+        if (n == NGX_ERROR || n == 0) {
+            ngx_stream_im_redis_fail("connection closed");
+            return;
+        }
+
+        bytes += n;
+
+        if (redisReaderFeed(rc->reader, (char *) ngx_stream_im_redis_buf, n)
+            != REDIS_OK)
+        {
+            ngx_stream_im_redis_fail("bad reply");
+            return;
+        }
     }
 
     if (ngx_handle_read_event(rev, 0) != NGX_OK) {
@@ -654,8 +925,7 @@ ngx_stream_im_redis_read_handler(ngx_event_t *rev)
 static ngx_int_t
 ngx_stream_im_redis_reply(ngx_stream_im_redis_conn_t *rc, redisReply *r)
 {
-    ngx_stream_im_redis_cb_t   cb;
-    ngx_stream_im_session_t   *ctx;
+    ngx_stream_im_redis_cb_t  cb;
 
     if (rc->subscriber
         && r->type == REDIS_REPLY_ARRAY && r->elements == 3
@@ -680,38 +950,31 @@ ngx_stream_im_redis_reply(ngx_stream_im_redis_conn_t *rc, redisReply *r)
     {
         /* someone flushed the script cache: "unavailable", and reload */
 
-        ctx = ngx_stream_im_session_lookup(&cb.ref);
-
-        if (cb.handler && (ctx || cb.ref.number == 0)) {
-            cb.handler(ctx, &cb.ref, NULL);
+        if (cb.handler) {
+            cb.handler(&cb.ref, NULL);
         }
 
         ngx_stream_im_redis_fail("script cache flushed");
         return NGX_OK;
     }
 
-    if (cb.handler == NULL) {
-        if (r->type == REDIS_REPLY_ERROR) {
-
-            /* a script's refusal is the client's fault, not Redis' */
-
-            if (ngx_stream_im_redis_refusal(r)) {
-                ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
-                              "request refused: %s", r->str);
-
-            } else {
-                ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
-                              "redis error: %s", r->str);
-            }
-        }
-
+    if (cb.handler) {
+        cb.handler(&cb.ref, r);
         return NGX_OK;
     }
 
-    ctx = ngx_stream_im_session_lookup(&cb.ref);
+    if (r->type == REDIS_REPLY_ERROR) {
 
-    if (ctx || cb.ref.number == 0) {
-        cb.handler(ctx, &cb.ref, r);
+        /* a script's refusal is the client's fault, not Redis' */
+
+        if (ngx_stream_im_redis_refusal(r)) {
+            ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                          "request refused: %s", r->str);
+
+        } else {
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                          "redis error: %s", r->str);
+        }
     }
 
     return NGX_OK;
@@ -740,18 +1003,28 @@ ngx_stream_im_redis_refusal(redisReply *r)
 }
 
 
-/* a message on the worker's route channel, or on a presence channel */
+/*
+ * A message on a subscribed channel, to the handler of its prefix; only
+ * a ready link passes it on: before, the catch-up of "ready" covers it.
+ */
 
 static void
 ngx_stream_im_redis_push(redisReply *r)
 {
-    ngx_str_t    channel, payload, user;
-    redisReply  *ch, *p;
+    ngx_str_t                   channel, payload;
+    ngx_uint_t                  i;
+    redisReply                 *ch, *p;
+    ngx_stream_im_redis_t      *rd;
+    ngx_stream_im_redis_sub_t  *sub;
+
+    rd = &ngx_stream_im_redis;
 
     ch = r->element[1];
     p = r->element[2];
 
-    if (ch->type != REDIS_REPLY_STRING || p->type != REDIS_REPLY_STRING) {
+    if (rd->state != NGX_STREAM_IM_REDIS_READY
+        || ch->type != REDIS_REPLY_STRING || p->type != REDIS_REPLY_STRING)
+    {
         return;
     }
 
@@ -761,24 +1034,16 @@ ngx_stream_im_redis_push(redisReply *r)
     payload.data = (u_char *) p->str;
     payload.len = p->len;
 
-    if (channel.len == ngx_stream_im_redis.channel.len
-        && ngx_strncmp(channel.data, ngx_stream_im_redis.channel.data,
-                       channel.len)
-           == 0)
-    {
-        ngx_stream_im_router_deliver(&payload);
-        return;
-    }
+    for (i = 0; i < rd->nsubs; i++) {
+        sub = &rd->subs[i];
 
-    if (channel.len > sizeof("im:presence:") - 1
-        && ngx_strncmp(channel.data, "im:presence:",
-                       sizeof("im:presence:") - 1)
-           == 0)
-    {
-        user.data = channel.data + sizeof("im:presence:") - 1;
-        user.len = channel.len - (sizeof("im:presence:") - 1);
-
-        ngx_stream_im_presence_event(&user, &payload);
+        if (channel.len >= sub->prefix.len
+            && ngx_strncmp(channel.data, sub->prefix.data, sub->prefix.len)
+               == 0)
+        {
+            sub->handler(&channel, &payload);
+            return;
+        }
     }
 }
 
@@ -788,7 +1053,7 @@ ngx_stream_im_redis_push(redisReply *r)
 ngx_int_t
 ngx_stream_im_redis_subscribe(ngx_str_t *argv)
 {
-    if (ngx_stream_im_redis.state != NGX_STREAM_IM_REDIS_UP) {
+    if (ngx_stream_im_redis.state != NGX_STREAM_IM_REDIS_READY) {
         return NGX_DECLINED;
     }
 

@@ -16,13 +16,27 @@
  * its authenticated sessions by user; each session has a route in Redis
  * (im:{u:<uid>}:routes, session -> this worker's channel), and a stored
  * message published on that channel is serialized once and queued on
- * every local session of its user.  A session first replays its inbox
- * after its cursor; live messages that race with the replay are left to
- * the replay, so the client sees inbox order with no gap.
+ * every local session of its user.
+ *
+ * A session takes live messages only once it has caught up: after its
+ * login, and again after every "ready" of the Redis link (a new link, or
+ * routes that lapsed), it replays its inbox after the newest entry it
+ * has.  Each ready starts a new epoch; a session is caught up when a
+ * replay read in the current epoch found nothing more.  Live messages
+ * that come before are left to the replay, so the client sees inbox
+ * order with no gap, however the link failed.
+ *
+ * After a ready the routes of all sessions are registered again, and the
+ * routes of sessions that ended meanwhile removed, paced: a bounded
+ * number of commands in flight, a bounded number of sessions per turn.
  */
 
 
 #define NGX_STREAM_IM_REPLAY_PAGE   100
+#define NGX_STREAM_IM_RESYNC_BATCH  256
+#define NGX_STREAM_IM_RESYNC_FLIGHT 2048
+#define NGX_STREAM_IM_RESYNC_WAIT   20
+#define NGX_STREAM_IM_GONE_MAX      100000
 
 
 typedef struct {
@@ -32,39 +46,54 @@ typedef struct {
 } ngx_stream_im_user_t;
 
 
-/* a session that ended while Redis was away: its route goes later */
+/* a session that ended: its route goes, surviving a broken link */
 
-typedef struct ngx_stream_im_gone_s  ngx_stream_im_gone_t;
-
-struct ngx_stream_im_gone_s {
-    ngx_stream_im_gone_t      *next;
+typedef struct {
+    ngx_queue_t                queue;
+    uint32_t                   serial;
+    ngx_uint_t                 sent;        /* the LOGOUT is in flight */
     ngx_str_t                  args[2];     /* user, session id */
-};
-
-
-#define NGX_STREAM_IM_GONE_MAX      100000
+} ngx_stream_im_gone_t;
 
 
 static ngx_stream_im_user_t *ngx_stream_im_router_user(ngx_str_t *name);
+static ngx_int_t ngx_stream_im_router_route(ngx_stream_im_session_t *ctx,
+    uint32_t id);
+static void ngx_stream_im_router_logged_in(ngx_stream_im_ref_t *ref,
+    redisReply *r);
+static void ngx_stream_im_router_logout(ngx_stream_im_session_t *ctx);
+static void ngx_stream_im_router_forget(ngx_stream_im_session_t *ctx);
+static ngx_int_t ngx_stream_im_router_gone_send(ngx_stream_im_gone_t *g);
+static void ngx_stream_im_router_gone_done(ngx_stream_im_ref_t *ref,
+    redisReply *r);
+static void ngx_stream_im_router_remove(ngx_stream_im_session_t *ctx);
+static void ngx_stream_im_router_replay(ngx_stream_im_session_t *ctx);
+static void ngx_stream_im_router_resume(ngx_stream_im_session_t *ctx);
+static void ngx_stream_im_router_page(ngx_stream_im_ref_t *ref,
+    redisReply *r);
+static void ngx_stream_im_router_deliver(ngx_str_t *channel,
+    ngx_str_t *payload);
 static void ngx_stream_im_router_fanout(ngx_str_t *name,
     ngx_stream_im_msg_t *msg, ngx_stream_im_msg_id_t *mid,
     ngx_atomic_uint_t origin);
-static ngx_int_t ngx_stream_im_router_route(ngx_stream_im_session_t *ctx,
-    ngx_stream_im_redis_handler_pt handler, uint32_t id);
-static void ngx_stream_im_router_logged_in(ngx_stream_im_session_t *ctx,
-    ngx_stream_im_ref_t *ref, redisReply *r);
-static void ngx_stream_im_router_page(ngx_stream_im_session_t *ctx,
-    ngx_stream_im_ref_t *ref, redisReply *r);
-static void ngx_stream_im_router_remove(ngx_stream_im_session_t *ctx);
-static void ngx_stream_im_router_forget(ngx_stream_im_session_t *ctx);
+static void ngx_stream_im_router_ready(ngx_uint_t fresh);
+static void ngx_stream_im_router_resync(ngx_event_t *ev);
+static ngx_int_t ngx_stream_im_router_reregister(
+    ngx_stream_im_session_t *ctx);
 
 
 static ngx_rbtree_t          ngx_stream_im_users;
 static ngx_rbtree_node_t     ngx_stream_im_users_sentinel;
 static ngx_queue_t           ngx_stream_im_users_all;
 static ngx_str_t             ngx_stream_im_sid_prefix;
-static ngx_stream_im_gone_t *ngx_stream_im_gone;
+
+static ngx_queue_t           ngx_stream_im_gone;
 static ngx_uint_t            ngx_stream_im_gone_n;
+static uint32_t              ngx_stream_im_gone_serial;
+
+static uint32_t              ngx_stream_im_epoch;
+static ngx_event_t           ngx_stream_im_resync_ev;
+static ngx_queue_t          *ngx_stream_im_resync_next;  /* user, or NULL */
 
 
 ngx_int_t
@@ -75,6 +104,24 @@ ngx_stream_im_router_init_worker(ngx_cycle_t *cycle)
     ngx_rbtree_init(&ngx_stream_im_users, &ngx_stream_im_users_sentinel,
                     ngx_str_rbtree_insert_value);
     ngx_queue_init(&ngx_stream_im_users_all);
+    ngx_queue_init(&ngx_stream_im_gone);
+
+    ngx_stream_im_resync_ev.handler = ngx_stream_im_router_resync;
+    ngx_stream_im_resync_ev.data = &ngx_stream_im_timer_ident;
+    ngx_stream_im_resync_ev.log = cycle->log;
+    ngx_stream_im_resync_ev.cancelable = 1;
+
+    if (ngx_stream_im_redis_on_message(ngx_stream_im_redis_channel(),
+                                       ngx_stream_im_router_deliver)
+        != NGX_OK
+        || ngx_stream_im_redis_on_ready(ngx_stream_im_router_ready) != NGX_OK
+        || ngx_stream_im_session_on_close(ngx_stream_im_router_logout)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ngx_stream_im_session_on_writable(ngx_stream_im_router_resume);
 
     /* session ids are "<host>:<pid>:<connection number>" */
 
@@ -133,6 +180,12 @@ ngx_stream_im_router_login(ngx_stream_im_session_t *ctx, uint32_t id)
 {
     ngx_stream_im_user_t  *u;
 
+    /* indexed still when the answer to an earlier try was lost */
+
+    if (ctx->owner) {
+        goto route;
+    }
+
     u = ngx_stream_im_router_user(&ctx->user);
 
     if (u == NULL) {
@@ -156,15 +209,16 @@ ngx_stream_im_router_login(ngx_stream_im_session_t *ctx, uint32_t id)
     ngx_queue_insert_tail(&u->sessions, &ctx->queue);
     ctx->owner = u;
 
+route:
+
     /* live messages until the first replay is done go to the replay */
 
     ctx->logging_in = 1;
     ctx->replaying = 1;
 
-    if (ngx_stream_im_router_route(ctx, ngx_stream_im_router_logged_in, id)
-        != NGX_OK)
-    {
-        ngx_stream_im_router_remove(ctx);
+    if (ngx_stream_im_router_route(ctx, id) != NGX_OK) {
+        ctx->logging_in = 0;
+        ctx->replaying = 0;
         return NGX_DECLINED;
     }
 
@@ -173,8 +227,7 @@ ngx_stream_im_router_login(ngx_stream_im_session_t *ctx, uint32_t id)
 
 
 static ngx_int_t
-ngx_stream_im_router_route(ngx_stream_im_session_t *ctx,
-    ngx_stream_im_redis_handler_pt handler, uint32_t id)
+ngx_stream_im_router_route(ngx_stream_im_session_t *ctx, uint32_t id)
 {
     ngx_str_t                  keys[2], args[5];
     ngx_stream_im_ref_t        ref;
@@ -184,23 +237,11 @@ ngx_stream_im_router_route(ngx_stream_im_session_t *ctx,
     u_char                     sid[NGX_STREAM_IM_SID_MAX];
     u_char                     max[NGX_INT_T_LEN];
 
+    iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
+
     keys[0].data = key;
     keys[0].len = ngx_stream_im_router_key(key, "u", &ctx->user, "routes")
                   - key;
-
-    if (handler == NULL) {
-
-        /* re-registration after Redis came back */
-
-        ngx_str_set(&args[0], "HSET");
-        args[1] = keys[0];
-        args[2] = *ngx_stream_im_router_session_id(ctx, sid);
-        args[3] = *ngx_stream_im_redis_channel();
-
-        return ngx_stream_im_redis_command(4, args, NULL, NULL);
-    }
-
-    iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
 
     keys[1].data = cursor;
     keys[1].len = ngx_stream_im_router_key(cursor, "u", &ctx->user, "cursor")
@@ -216,19 +257,46 @@ ngx_stream_im_router_route(ngx_stream_im_session_t *ctx,
     ngx_stream_im_session_ref(ctx, &ref, id);
 
     return ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_LOGIN, 2, keys, 5,
-                                    args, handler, &ref);
+                                    args, ngx_stream_im_router_logged_in,
+                                    &ref);
+}
+
+
+/* the route of a session that is signed in, again after a ready */
+
+static ngx_int_t
+ngx_stream_im_router_reregister(ngx_stream_im_session_t *ctx)
+{
+    ngx_str_t  args[4];
+    u_char     key[NGX_STREAM_IM_KEY_MAX];
+    u_char     sid[NGX_STREAM_IM_SID_MAX];
+
+    ngx_str_set(&args[0], "HSET");
+    args[1].data = key;
+    args[1].len = ngx_stream_im_router_key(key, "u", &ctx->user, "routes")
+                  - key;
+    args[2] = *ngx_stream_im_router_session_id(ctx, sid);
+    args[3] = *ngx_stream_im_redis_channel();
+
+    return ngx_stream_im_redis_command(4, args, NULL, NULL);
 }
 
 
 static void
-ngx_stream_im_router_logged_in(ngx_stream_im_session_t *ctx,
-    ngx_stream_im_ref_t *ref, redisReply *r)
+ngx_stream_im_router_logged_in(ngx_stream_im_ref_t *ref, redisReply *r)
 {
     Im__Frame                  f;
     Im__AuthOk                 ok;
     ngx_str_t                 *sid;
+    ngx_stream_im_session_t   *ctx;
     ngx_stream_im_srv_conf_t  *iscf;
     u_char                     buf[NGX_STREAM_IM_SID_MAX + 1];
+
+    ctx = ngx_stream_im_session_lookup(ref);
+
+    if (ctx == NULL) {
+        return;
+    }
 
     ctx->logging_in = 0;
 
@@ -238,10 +306,13 @@ ngx_stream_im_router_logged_in(ngx_stream_im_session_t *ctx,
         || r->element[0]->type != REDIS_REPLY_INTEGER
         || r->element[1]->type != REDIS_REPLY_STRING)
     {
-        /* the script may have run before the link broke */
+        /*
+         * The script may have run before the link broke: the session
+         * stays indexed, so that its route goes when it closes, or is
+         * set again when the client retries
+         */
 
-        ngx_stream_im_router_forget(ctx);
-        ngx_stream_im_router_remove(ctx);
+        ctx->replaying = 0;
 
         (void) ngx_stream_im_send_unavailable(ctx, ref->id);
         return;
@@ -303,7 +374,7 @@ ngx_stream_im_router_logged_in(ngx_stream_im_session_t *ctx,
 }
 
 
-void
+static void
 ngx_stream_im_router_logout(ngx_stream_im_session_t *ctx)
 {
     if (ctx->owner == NULL) {
@@ -318,6 +389,12 @@ ngx_stream_im_router_logout(ngx_stream_im_session_t *ctx)
 }
 
 
+/*
+ * The route of an ended session must go, or its user shows online and
+ * its slot counts against im_max_sessions_per_user: the LOGOUT is kept
+ * until Redis answered it, and sent again after a broken link.
+ */
+
 static void
 ngx_stream_im_router_forget(ngx_stream_im_session_t *ctx)
 {
@@ -328,16 +405,10 @@ ngx_stream_im_router_forget(ngx_stream_im_session_t *ctx)
     args[0] = ctx->user;
     args[1] = *ngx_stream_im_router_session_id(ctx, sid);
 
-    if (ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_LOGOUT, 0, NULL, 2,
-                                 args, NULL, NULL)
-        == NGX_OK)
-    {
-        return;
-    }
-
-    /* Redis is away: remove the route when it is back */
-
     if (ngx_stream_im_gone_n == NGX_STREAM_IM_GONE_MAX) {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "too many routes to remove, \"%V\" expires with "
+                      "this worker", &args[1]);
         return;
     }
 
@@ -353,9 +424,73 @@ ngx_stream_im_router_forget(ngx_stream_im_session_t *ctx)
     g->args[1].len = args[1].len;
     ngx_memcpy(g->args[1].data, args[1].data, args[1].len);
 
-    g->next = ngx_stream_im_gone;
-    ngx_stream_im_gone = g;
+    g->serial = ++ngx_stream_im_gone_serial;
+    g->sent = 0;
+
+    ngx_queue_insert_tail(&ngx_stream_im_gone, &g->queue);
     ngx_stream_im_gone_n++;
+
+    /* the link is away: the resync after its ready sends it */
+
+    (void) ngx_stream_im_router_gone_send(g);
+}
+
+
+static ngx_int_t
+ngx_stream_im_router_gone_send(ngx_stream_im_gone_t *g)
+{
+    ngx_stream_im_ref_t  ref;
+
+    ngx_memzero(&ref, sizeof(ngx_stream_im_ref_t));
+    ref.arg = g->serial;
+
+    if (ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_LOGOUT, 0, NULL, 2,
+                                 g->args, ngx_stream_im_router_gone_done,
+                                 &ref)
+        != NGX_OK)
+    {
+        return NGX_DECLINED;
+    }
+
+    g->sent = 1;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_stream_im_router_gone_done(ngx_stream_im_ref_t *ref, redisReply *r)
+{
+    ngx_queue_t           *q;
+    ngx_stream_im_gone_t  *g;
+
+    /* replies come in order: the entry is at or near the head */
+
+    for (q = ngx_queue_head(&ngx_stream_im_gone);
+         q != ngx_queue_sentinel(&ngx_stream_im_gone);
+         q = ngx_queue_next(q))
+    {
+        g = ngx_queue_data(q, ngx_stream_im_gone_t, queue);
+
+        if (g->serial != ref->arg) {
+            continue;
+        }
+
+        if (r == NULL) {
+            g->sent = 0;
+            return;
+        }
+
+        if (r->type == REDIS_REPLY_ERROR) {
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                          "redis refused a logout: %s", r->str);
+        }
+
+        ngx_queue_remove(&g->queue);
+        ngx_stream_im_gone_n--;
+        ngx_free(g);
+        return;
+    }
 }
 
 
@@ -373,76 +508,132 @@ ngx_stream_im_router_remove(ngx_stream_im_session_t *ctx)
     ngx_queue_remove(&ctx->queue);
     ctx->owner = NULL;
 
-    if (ngx_queue_empty(&u->sessions)) {
-        ngx_rbtree_delete(&ngx_stream_im_users, &u->sn.node);
-        ngx_queue_remove(&u->all);
-        ngx_free(u);
+    if (!ngx_queue_empty(&u->sessions)) {
+        return;
     }
+
+    if (ngx_stream_im_resync_next == &u->all) {
+        ngx_stream_im_resync_next = ngx_queue_next(&u->all);
+    }
+
+    ngx_rbtree_delete(&ngx_stream_im_users, &u->sn.node);
+    ngx_queue_remove(&u->all);
+    ngx_free(u);
+}
+
+
+/*
+ * Entries of the inbox between lo and hi ("-", "+" or "(<id>"), at most
+ * count and, past the first, half a send queue of bytes: the script's
+ * reply is {more, entry, ...}.  Sized by bytes, not entries, so a page
+ * of large messages costs Redis what the session can take.
+ */
+
+ngx_int_t
+ngx_stream_im_router_range(ngx_stream_im_session_t *ctx, ngx_str_t *lo,
+    ngx_str_t *hi, ngx_uint_t reverse, ngx_uint_t count,
+    ngx_stream_im_redis_handler_pt handler, ngx_stream_im_ref_t *ref)
+{
+    ngx_str_t                  key, args[5];
+    ngx_stream_im_srv_conf_t  *iscf;
+    u_char                     buf[NGX_STREAM_IM_KEY_MAX];
+    u_char                     num[NGX_INT_T_LEN];
+    u_char                     bytes[NGX_SIZE_T_LEN];
+
+    iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
+
+    key.data = buf;
+    key.len = ngx_stream_im_router_key(buf, "u", &ctx->user, "inbox") - buf;
+
+    args[0] = *lo;
+    args[1] = *hi;
+    args[2].data = num;
+    args[2].len = ngx_sprintf(num, "%ui", count) - num;
+    args[3].data = bytes;
+    args[3].len = ngx_sprintf(bytes, "%uz", iscf->send_queue / 2) - bytes;
+
+    if (reverse) {
+        ngx_str_set(&args[4], "1");
+
+    } else {
+        ngx_str_set(&args[4], "0");
+    }
+
+    return ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_RANGE, 1, &key, 5,
+                                    args, handler, ref);
 }
 
 
 /* one page of the inbox after the newest entry this session has */
 
-void
+static void
 ngx_stream_im_router_replay(ngx_stream_im_session_t *ctx)
 {
-    u_char               *p;
-    ngx_str_t             argv[6];
+    ngx_str_t             lo, hi;
     ngx_stream_im_ref_t   ref;
-    u_char                key[NGX_STREAM_IM_KEY_MAX];
     u_char                start[2 + 2 * NGX_INT64_LEN];
-    u_char                count[NGX_INT_T_LEN];
 
     ctx->replaying = 1;
     ctx->replay_again = 0;
     ctx->replay_paused = 0;
 
-    p = ngx_stream_im_router_key(key, "u", &ctx->user, "inbox");
-
-    ngx_str_set(&argv[0], "XRANGE");
-    argv[1].data = key;
-    argv[1].len = p - key;
-
     if (ctx->last.ms || ctx->last.seq) {
-        argv[2].data = start;
-        argv[2].len = ngx_sprintf(start, "(%uL-%uL", ctx->last.ms,
-                                  ctx->last.seq)
-                      - start;
+        lo.data = start;
+        lo.len = ngx_sprintf(start, "(%uL-%uL", ctx->last.ms, ctx->last.seq)
+                 - start;
 
     } else {
-        ngx_str_set(&argv[2], "-");
+        ngx_str_set(&lo, "-");
     }
 
-    ngx_str_set(&argv[3], "+");
-    ngx_str_set(&argv[4], "COUNT");
+    ngx_str_set(&hi, "+");
 
-    argv[5].data = count;
-    argv[5].len = ngx_sprintf(count, "%d", NGX_STREAM_IM_REPLAY_PAGE) - count;
+    /* the epoch this read belongs to: caught up only if still current */
 
     ngx_stream_im_session_ref(ctx, &ref, 0);
+    ref.arg = ngx_stream_im_epoch;
 
-    if (ngx_stream_im_redis_command(6, argv, ngx_stream_im_router_page, &ref)
+    if (ngx_stream_im_router_range(ctx, &lo, &hi, 0,
+                                   NGX_STREAM_IM_REPLAY_PAGE,
+                                   ngx_stream_im_router_page, &ref)
         != NGX_OK)
     {
-        /* Redis is down: the catch-up after it comes back does this */
+        /* Redis is away: the resync after its ready does this */
         ctx->replaying = 0;
     }
 }
 
 
 static void
-ngx_stream_im_router_page(ngx_stream_im_session_t *ctx,
-    ngx_stream_im_ref_t *ref, redisReply *r)
+ngx_stream_im_router_resume(ngx_stream_im_session_t *ctx)
+{
+    if (ctx->replay_paused) {
+        ngx_stream_im_router_replay(ctx);
+    }
+}
+
+
+static void
+ngx_stream_im_router_page(ngx_stream_im_ref_t *ref, redisReply *r)
 {
     size_t                     i;
     ngx_str_t                  id, partial;
     ngx_stream_im_msg_t       *msg;
     ngx_stream_im_msg_id_t     mid;
+    ngx_stream_im_session_t   *ctx;
     ngx_stream_im_srv_conf_t  *iscf;
+
+    ctx = ngx_stream_im_session_lookup(ref);
+
+    if (ctx == NULL) {
+        return;
+    }
 
     ctx->replaying = 0;
 
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements == 0
+        || r->element[0]->type != REDIS_REPLY_INTEGER)
+    {
         return;
     }
 
@@ -452,7 +643,7 @@ ngx_stream_im_router_page(ngx_stream_im_session_t *ctx,
 
     iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
 
-    for (i = 0; i < r->elements; i++) {
+    for (i = 1; i < r->elements; i++) {
 
         /*
          * a replay never fills the send queue: it waits for the client
@@ -483,9 +674,16 @@ ngx_stream_im_router_page(ngx_stream_im_session_t *ctx,
         ctx->last = mid;
     }
 
-    if (r->elements == NGX_STREAM_IM_REPLAY_PAGE || ctx->replay_again) {
+    if (r->element[0]->integer || ctx->replay_again
+        || ref->arg != ngx_stream_im_epoch)
+    {
         ngx_stream_im_router_replay(ctx);
+        return;
     }
+
+    /* nothing more in this epoch: live messages may come directly */
+
+    ctx->epoch = ref->arg;
 }
 
 
@@ -557,8 +755,8 @@ ngx_stream_im_router_entry(redisReply *e, ngx_str_t *id,
  * serialized once, queued on every local session of its users.
  */
 
-void
-ngx_stream_im_router_deliver(ngx_str_t *payload)
+static void
+ngx_stream_im_router_deliver(ngx_str_t *channel, ngx_str_t *payload)
 {
     u_char                   *p, *end, *nl[3];
     ngx_str_t                 id, users, data, user;
@@ -693,7 +891,7 @@ ngx_stream_im_router_fanout(ngx_str_t *name, ngx_stream_im_msg_t *msg,
             continue;
         }
 
-        if (ctx->replaying) {
+        if (ctx->replaying || ctx->epoch != ngx_stream_im_epoch) {
             ctx->replay_again = 1;
             continue;
         }
@@ -714,40 +912,79 @@ ngx_stream_im_router_fanout(ngx_str_t *name, ngx_stream_im_msg_t *msg,
 
 
 /*
- * The Redis link is back: routes may be gone with a restarted Redis and
- * messages were published while nobody listened, so every session
- * registers again and replays what it missed.
+ * The Redis link is ready, new or after the worker's routes lapsed:
+ * routes may be gone and messages were published while nobody listened.
+ * A new epoch starts, and every session registers again and catches up.
  */
 
-void
-ngx_stream_im_router_redis_up(void)
+static void
+ngx_stream_im_router_ready(ngx_uint_t fresh)
 {
-    ngx_queue_t              *uq, *q;
+    ngx_stream_im_epoch++;
+
+    ngx_stream_im_resync_next = ngx_queue_head(&ngx_stream_im_users_all);
+
+    if (ngx_stream_im_resync_ev.timer_set) {
+        ngx_del_timer(&ngx_stream_im_resync_ev);
+    }
+
+    ngx_post_event(&ngx_stream_im_resync_ev, &ngx_posted_events);
+}
+
+
+static void
+ngx_stream_im_router_resync(ngx_event_t *ev)
+{
+    ngx_uint_t                n;
+    ngx_queue_t              *q, *uq;
     ngx_stream_im_gone_t     *g;
     ngx_stream_im_user_t     *u;
     ngx_stream_im_session_t  *ctx;
 
-    while (ngx_stream_im_gone) {
-        g = ngx_stream_im_gone;
+    if (!ngx_stream_im_redis_up()) {
 
-        if (ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_LOGOUT, 0, NULL, 2,
-                                     g->args, NULL, NULL)
-            != NGX_OK)
-        {
-            return;
-        }
-
-        ngx_stream_im_gone = g->next;
-        ngx_stream_im_gone_n--;
-        ngx_free(g);
+        /* the link broke again: its next ready starts over */
+        return;
     }
 
-    ngx_stream_im_presence_redis_up();
+    n = 0;
 
-    for (uq = ngx_queue_head(&ngx_stream_im_users_all);
-         uq != ngx_queue_sentinel(&ngx_stream_im_users_all);
-         uq = ngx_queue_next(uq))
+    /* first the routes of sessions that ended while the link was away */
+
+    for (q = ngx_queue_head(&ngx_stream_im_gone);
+         q != ngx_queue_sentinel(&ngx_stream_im_gone);
+         q = ngx_queue_next(q))
     {
+        g = ngx_queue_data(q, ngx_stream_im_gone_t, queue);
+
+        if (g->sent) {
+            continue;
+        }
+
+        if (n == NGX_STREAM_IM_RESYNC_BATCH
+            || ngx_stream_im_redis_pending() >= NGX_STREAM_IM_RESYNC_FLIGHT)
+        {
+            goto again;
+        }
+
+        if (ngx_stream_im_router_gone_send(g) != NGX_OK) {
+            goto again;
+        }
+
+        n++;
+    }
+
+    while (ngx_stream_im_resync_next
+           && ngx_stream_im_resync_next
+              != ngx_queue_sentinel(&ngx_stream_im_users_all))
+    {
+        if (n >= NGX_STREAM_IM_RESYNC_BATCH
+            || ngx_stream_im_redis_pending() >= NGX_STREAM_IM_RESYNC_FLIGHT)
+        {
+            goto again;
+        }
+
+        uq = ngx_stream_im_resync_next;
         u = ngx_queue_data(uq, ngx_stream_im_user_t, all);
 
         for (q = ngx_queue_head(&u->sessions);
@@ -756,17 +993,40 @@ ngx_stream_im_router_redis_up(void)
         {
             ctx = ngx_queue_data(q, ngx_stream_im_session_t, queue);
 
+            n++;
+
+            /* a login in flight registers its route itself */
+
             if (!ctx->authenticated || ctx->logging_in) {
                 continue;
             }
 
-            if (ngx_stream_im_router_route(ctx, NULL, 0) != NGX_OK) {
-                return;
+            if (ngx_stream_im_router_reregister(ctx) != NGX_OK) {
+                goto again;
             }
+
+            /* a replay in flight sees the new epoch when it is answered */
 
             if (!ctx->replaying || ctx->replay_paused) {
                 ngx_stream_im_router_replay(ctx);
             }
         }
+
+        ngx_stream_im_resync_next = ngx_queue_next(uq);
+    }
+
+    ngx_stream_im_resync_next = NULL;
+
+    return;
+
+again:
+
+    /* the rest in a later turn, once the replies have caught up */
+
+    if (ngx_stream_im_redis_pending() >= NGX_STREAM_IM_RESYNC_FLIGHT) {
+        ngx_add_timer(ev, NGX_STREAM_IM_RESYNC_WAIT);
+
+    } else {
+        ngx_post_event(ev, &ngx_posted_next_events);
     }
 }

@@ -26,6 +26,16 @@
  */
 
 
+/*
+ * Work a client can make one frame cost: a group send stores its entry
+ * once per member, at most this many bytes in all; typing goes to groups
+ * of at most this many members, each one's routes read.
+ */
+
+#define NGX_STREAM_IM_LUA_GROUP_BYTES   "67108864"
+#define NGX_STREAM_IM_LUA_TYPING_MAX    "1000"
+
+
 #define NGX_STREAM_IM_LUA_ROUTES                                              \
     "local function routes(users, origin, alive, out)\n"                      \
     "  for _, u in ipairs(users) do\n"                                        \
@@ -51,15 +61,20 @@
     "    end\n"                                                               \
     "  end\n"                                                                 \
     "end\n"                                                                   \
-    "local function members(kind, target, sender, max)\n"                     \
+    "local function members(kind, target, sender, max, size)\n"               \
     "  if kind ~= 'g' then return {target} end\n"                             \
     "  local g = 'im:{g:' .. target .. '}:members'\n"                         \
     "  if redis.call('SISMEMBER', g, sender) == 0 then\n"                     \
     "    return redis.error_reply('FORBIDDEN not a member of the group')\n"   \
     "  end\n"                                                                 \
-    "  if redis.call('SCARD', g) > tonumber(max) then\n"                      \
+    "  local n = redis.call('SCARD', g)\n"                                    \
+    "  if n > tonumber(max) then\n"                                           \
     "    return redis.error_reply('TOO_LARGE group over "                     \
                                     "im_group_max_members')\n"                \
+    "  end\n"                                                                 \
+    "  if n * size > " NGX_STREAM_IM_LUA_GROUP_BYTES " then\n"                \
+    "    return redis.error_reply('TOO_LARGE message too large for a "        \
+                                    "group this size')\n"                     \
     "  end\n"                                                                 \
     "  return redis.call('SMEMBERS', g)\n"                                    \
     "end\n"
@@ -98,7 +113,7 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
     { ngx_string(
           NGX_STREAM_IM_LUA_ROUTES
           "local entry, sender, cmid = ARGV[1], ARGV[3], ARGV[5]\n"
-          "local users = members(ARGV[6], ARGV[7], sender, ARGV[8])\n"
+          "local users = members(ARGV[6], ARGV[7], sender, ARGV[8], #entry)\n"
           "if users.err then return users end\n"
           "if ARGV[6] ~= 'g' and ARGV[7] ~= sender then\n"
           "  users[2] = sender\n"
@@ -185,7 +200,11 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
     { ngx_string(
           NGX_STREAM_IM_LUA_ROUTES
           "local sender = ARGV[1]\n"
-          "local users = members(ARGV[2], ARGV[3], sender, ARGV[5])\n"
+          "if ARGV[2] == 'g' and redis.call('SCARD', 'im:{g:' .. ARGV[3]\n"
+          "   .. '}:members') > " NGX_STREAM_IM_LUA_TYPING_MAX " then\n"
+          "  return 0\n"
+          "end\n"
+          "local users = members(ARGV[2], ARGV[3], sender, ARGV[5], 0)\n"
           "if users.err then return users end\n"
           "local others = {}\n"
           "for _, u in ipairs(users) do\n"
@@ -263,5 +282,40 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
           "  out[#out + 1] = tonumber(seen or '0')\n"
           "end\n"
           "return out\n"),
+      "" },
+
+    /*
+     * range: KEYS inbox; ARGV: from, to ("-", "+" or "(<id>"), count,
+     * bytes, "1" for newest first.  Returns {more, entry, ...}: at most
+     * count entries and, past the first, at most bytes of their data,
+     * read a few at a time so that Redis never holds much more.
+     */
+
+    { ngx_string(
+          "local key, from, to = KEYS[1], ARGV[1], ARGV[2]\n"
+          "local count, budget = tonumber(ARGV[3]), tonumber(ARGV[4])\n"
+          "local rev = ARGV[5] == '1'\n"
+          "local out, size, n = {0}, 0, 0\n"
+          "while true do\n"
+          "  local r\n"
+          "  if rev then\n"
+          "    r = redis.call('XREVRANGE', key, to, from, 'COUNT', 16)\n"
+          "  else\n"
+          "    r = redis.call('XRANGE', key, from, to, 'COUNT', 16)\n"
+          "  end\n"
+          "  for _, e in ipairs(r) do\n"
+          "    local len, f = 0, e[2]\n"
+          "    for i = 2, #f, 2 do len = len + #f[i] end\n"
+          "    if n == count or (n > 0 and size + len > budget) then\n"
+          "      out[1] = 1\n"
+          "      return out\n"
+          "    end\n"
+          "    n = n + 1\n"
+          "    size = size + len\n"
+          "    out[n + 1] = e\n"
+          "  end\n"
+          "  if #r < 16 then return out end\n"
+          "  if rev then to = '(' .. r[#r][1] else from = '(' .. r[#r][1] end\n"
+          "end\n"),
       "" }
 };

@@ -25,6 +25,7 @@
 #define NGX_STREAM_IM_SEND_IOVS        64
 #define NGX_STREAM_IM_CLOSE_TIMEOUT    3000
 #define NGX_STREAM_IM_LINGER_TIMEOUT   2000
+#define NGX_STREAM_IM_CLOSE_HANDLERS   4
 
 #define NGX_STREAM_IM_WS_GUID  "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -52,7 +53,7 @@ static ngx_int_t ngx_stream_im_message(ngx_stream_im_session_t *ctx,
 static ngx_int_t ngx_stream_im_send_control(ngx_stream_im_session_t *ctx,
     ngx_uint_t opcode, u_char *data, size_t len);
 static ngx_int_t ngx_stream_im_flush(ngx_stream_im_session_t *ctx);
-static void ngx_stream_im_drain(ngx_stream_im_session_t *ctx);
+static ngx_int_t ngx_stream_im_drain(ngx_stream_im_session_t *ctx);
 static ngx_int_t ngx_stream_im_rate(ngx_stream_im_session_t *ctx,
     ngx_uint_t frames, size_t bytes);
 static void ngx_stream_im_linger(ngx_stream_im_session_t *ctx);
@@ -64,6 +65,13 @@ static void ngx_stream_im_cleanup(void *data);
 static u_char               *ngx_stream_im_recv_buf;
 static ngx_stream_im_msg_t  *ngx_stream_im_ping_msg;
 static ngx_uint_t            ngx_stream_im_unauthenticated;
+
+/* what the files above the session registered */
+static ngx_stream_im_frame_pt    ngx_stream_im_frame_handler;
+static ngx_stream_im_session_pt  ngx_stream_im_writable_handler;
+static ngx_stream_im_session_pt
+    ngx_stream_im_close_handlers[NGX_STREAM_IM_CLOSE_HANDLERS];
+static ngx_uint_t                ngx_stream_im_nclose;
 
 
 ngx_int_t
@@ -90,6 +98,39 @@ ngx_stream_im_session_init_worker(ngx_cycle_t *cycle)
     ngx_stream_im_ping_msg->refs = 1;
 
     return NGX_OK;
+}
+
+
+/* decoded client frames go to handler */
+
+void
+ngx_stream_im_session_on_frame(ngx_stream_im_frame_pt handler)
+{
+    ngx_stream_im_frame_handler = handler;
+}
+
+
+/* handler runs once however a session ends, before its pool goes */
+
+ngx_int_t
+ngx_stream_im_session_on_close(ngx_stream_im_session_pt handler)
+{
+    if (ngx_stream_im_nclose == NGX_STREAM_IM_CLOSE_HANDLERS) {
+        return NGX_ERROR;
+    }
+
+    ngx_stream_im_close_handlers[ngx_stream_im_nclose++] = handler;
+
+    return NGX_OK;
+}
+
+
+/* handler runs when an open session's send queue is down to a quarter */
+
+void
+ngx_stream_im_session_on_writable(ngx_stream_im_session_pt handler)
+{
+    ngx_stream_im_writable_handler = handler;
 }
 
 
@@ -203,7 +244,11 @@ ngx_stream_im_read_handler(ngx_event_t *rev)
         }
 
         c->close = 0;
-        ngx_stream_im_drain(ctx);
+
+        if (ngx_stream_im_drain(ctx) != NGX_OK) {
+            ngx_stream_im_finalize(ctx);
+            return;
+        }
     }
 
     ngx_memzero(&b, sizeof(ngx_buf_t));
@@ -260,9 +305,9 @@ ngx_stream_im_read_handler(ngx_event_t *rev)
 
     if (i == NGX_STREAM_IM_RECV_ROUNDS) {
 
-        /* a busy client must not starve the rest of the worker */
+        /* a busy client waits for the next turn, after the others */
 
-        ngx_post_event(rev, &ngx_posted_events);
+        ngx_post_event(rev, &ngx_posted_next_events);
         return;
     }
 
@@ -376,7 +421,7 @@ ngx_stream_im_set_timer(ngx_stream_im_session_t *ctx)
 static ngx_int_t
 ngx_stream_im_read_handshake(ngx_stream_im_session_t *ctx, ngx_buf_t *b)
 {
-    u_char                    *start, *end;
+    u_char                    *start, *end, *buf;
     size_t                     n;
     ngx_int_t                  rc;
     ngx_buf_t                  rest;
@@ -455,24 +500,25 @@ ngx_stream_im_read_handshake(ngx_stream_im_session_t *ctx, ngx_buf_t *b)
         return NGX_ERROR;
     }
 
-    /* frames the client sent right behind its request */
+    /*
+     * Frames the client sent right behind its request: the buffer is
+     * this function's now, whatever the frames make of the session.
+     */
 
     if (ctx->handshake) {
+        buf = ctx->handshake;
+        ctx->handshake = NULL;
+
         ngx_memzero(&rest, sizeof(ngx_buf_t));
         rest.pos = hs.end;
         rest.last = end;
 
         rc = ngx_stream_im_read_frames(ctx, &rest);
 
+        ngx_free(buf);
+
         if (rc != NGX_OK) {
             return rc;
-        }
-
-        ngx_free(ctx->handshake);
-        ctx->handshake = NULL;
-
-        if (ctx->state == NGX_STREAM_IM_LAST_WRITE) {
-            return NGX_OK;
         }
 
         return ngx_stream_im_read_frames(ctx, b);
@@ -543,8 +589,7 @@ ngx_stream_im_upgrade(ngx_stream_im_session_t *ctx,
     c->log->action = "processing WebSocket frames";
 
     if (ngx_exiting) {
-        ngx_stream_im_drain(ctx);
-        return NGX_OK;
+        return ngx_stream_im_drain(ctx);
     }
 
     ngx_stream_im_set_timer(ctx);
@@ -629,9 +674,13 @@ ngx_stream_im_chunk(ngx_stream_im_session_t *ctx,
 
         if (rc != NGX_OK) {
 
-            /* over the rate: no pong */
+            /* over the rate: no pong; only this ping's own buffer goes */
 
-            ngx_stream_im_free_partial(ctx);
+            if (ctx->control) {
+                ngx_free(ctx->control);
+                ctx->control = NULL;
+            }
+
             return NGX_OK;
         }
     }
@@ -671,6 +720,16 @@ ngx_stream_im_chunk(ngx_stream_im_session_t *ctx,
     }
 
     if (ctx->state != NGX_STREAM_IM_OPEN) {
+
+        /* closing: the rest of a data message is read and dropped */
+
+        if (ctx->message) {
+            ngx_free(ctx->message);
+            ctx->message = NULL;
+            ctx->message_len = 0;
+            ctx->message_size = 0;
+        }
+
         return NGX_OK;
     }
 
@@ -788,13 +847,13 @@ ngx_stream_im_control(ngx_stream_im_session_t *ctx, ngx_uint_t opcode,
         {
             return NGX_ERROR;
         }
+
+        ctx->closed = 1;
     }
 
     /* both closes are sent: drop the connection once ours is out */
 
     c->log->action = "closing WebSocket";
-
-    ngx_stream_im_free_partial(ctx);
 
     if (ctx->out == NULL) {
         ngx_stream_im_finalize(ctx);
@@ -867,7 +926,7 @@ ngx_stream_im_message(ngx_stream_im_session_t *ctx, u_char *data,
                                         "over the rate limit");
     }
 
-    return ngx_stream_im_dispatch(ctx, f);
+    return ngx_stream_im_frame_handler(ctx, f);
 }
 
 
@@ -967,8 +1026,10 @@ ngx_stream_im_close(ngx_stream_im_session_t *ctx, ngx_uint_t status,
     payload[1] = (u_char) status;
     p = ngx_cpymem(payload + 2, reason, len);
 
-    ngx_stream_im_free_partial(ctx);
-    ngx_memzero(&ctx->parser, sizeof(ngx_stream_im_ws_parser_t));
+    /*
+     * The parser keeps its place: the frame the client is in the middle
+     * of is read to its end, and its close frame after it is found.
+     */
 
     ctx->state = NGX_STREAM_IM_CLOSING;
 
@@ -980,6 +1041,10 @@ ngx_stream_im_close(ngx_stream_im_session_t *ctx, ngx_uint_t status,
         ctx->state = NGX_STREAM_IM_LAST_WRITE;
         ngx_post_event(c->write, &ngx_posted_events);
     }
+
+    /* nothing may follow the close frame (RFC 6455 5.5.1) */
+
+    ctx->closed = 1;
 
     c->read->cancelable = 0;
     ngx_add_timer(c->read, NGX_STREAM_IM_CLOSE_TIMEOUT);
@@ -1109,6 +1174,17 @@ ngx_stream_im_queue(ngx_stream_im_session_t *ctx, ngx_stream_im_msg_t *msg)
     c = ctx->session->connection;
     iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
 
+    if (ctx->closed) {
+
+        /* a late reply after our close frame: dropped */
+
+        if (msg->refs == 0) {
+            ngx_free(msg);
+        }
+
+        return NGX_DECLINED;
+    }
+
     if (ctx->out_bytes + msg->len > iscf->send_queue
         && ctx->state == NGX_STREAM_IM_OPEN
         && (ngx_stream_im_flush(ctx) == NGX_ERROR
@@ -1180,7 +1256,7 @@ ngx_stream_im_write_handler(ngx_event_t *wev)
         iscf = ngx_stream_get_module_srv_conf(s, ngx_stream_im_module);
 
         if (ctx->out_bytes <= iscf->send_queue / 4) {
-            ngx_stream_im_router_replay(ctx);
+            ngx_stream_im_writable_handler(ctx);
         }
     }
 }
@@ -1279,7 +1355,7 @@ ngx_stream_im_flush(ngx_stream_im_session_t *ctx)
  * all at once, and is served until then.
  */
 
-static void
+static ngx_int_t
 ngx_stream_im_drain(ngx_stream_im_session_t *ctx)
 {
     Im__Frame                  f;
@@ -1306,15 +1382,18 @@ ngx_stream_im_drain(ngx_stream_im_session_t *ctx)
 
     ctx->draining = 1;
 
+    /* no room for a Goaway: the caller ends the session */
+
     if (ngx_stream_im_send_frame(ctx, &f) != NGX_OK) {
-        ngx_stream_im_finalize(ctx);
-        return;
+        return NGX_ERROR;
     }
 
     /* the worker waits for this timer: the session ends in time */
 
     c->read->cancelable = 0;
     ngx_add_timer(c->read, delay + 1);
+
+    return NGX_OK;
 }
 
 
@@ -1416,14 +1495,17 @@ ngx_stream_im_cleanup(void *data)
 {
     ngx_stream_im_session_t *ctx = data;
 
+    ngx_uint_t            i;
     ngx_stream_im_out_t  *out;
 
     if (!ctx->authenticated) {
         ngx_stream_im_unauthenticated--;
     }
 
-    ngx_stream_im_presence_leave(ctx);
-    ngx_stream_im_router_logout(ctx);
+    for (i = 0; i < ngx_stream_im_nclose; i++) {
+        ngx_stream_im_close_handlers[i](ctx);
+    }
+
     ngx_stream_im_free_partial(ctx);
 
     while (ctx->out) {
