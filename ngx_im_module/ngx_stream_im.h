@@ -205,7 +205,8 @@ typedef struct {
     ngx_queue_t                    watching;   /* presence watchers */
     ngx_stream_im_msg_id_t         last;       /* newest entry sent */
 
-    uint32_t                       epoch;      /* caught up at this link */
+    uint32_t                       epoch;      /* caught up in this epoch */
+    uint32_t                       route_epoch; /* route set in this one */
 
     ngx_msec_t                     rate_last;
     ngx_msec_t                     typing_at;
@@ -221,6 +222,8 @@ typedef struct {
     unsigned                       overflow:1;
     unsigned                       draining:1;
     unsigned                       closed:1;   /* our close frame is queued */
+    unsigned                       syncing:1;  /* a Sync is in flight */
+    unsigned                       rate_debt:1; /* charged past the budget */
 } ngx_stream_im_session_t;
 
 
@@ -299,6 +302,8 @@ void ngx_stream_im_fail(ngx_stream_im_session_t *ctx, ngx_uint_t status,
     char *reason);
 
 void ngx_stream_im_session_signed_in(ngx_stream_im_session_t *ctx);
+void ngx_stream_im_session_charge(ngx_stream_im_session_t *ctx,
+    size_t bytes);
 ngx_stream_im_session_t *ngx_stream_im_session_lookup(
     ngx_stream_im_ref_t *ref);
 void ngx_stream_im_session_ref(ngx_stream_im_session_t *ctx,
@@ -312,7 +317,8 @@ void ngx_stream_im_session_ref(ngx_stream_im_session_t *ctx,
 #define NGX_STREAM_IM_SCRIPT_LOGOUT    4
 #define NGX_STREAM_IM_SCRIPT_PRESENCE  5
 #define NGX_STREAM_IM_SCRIPT_RANGE     6
-#define NGX_STREAM_IM_SCRIPTS          7
+#define NGX_STREAM_IM_SCRIPT_REROUTE   7
+#define NGX_STREAM_IM_SCRIPTS          8
 
 
 /* a Lua script of ngx_stream_im_scripts.c and its SHA-1 for EVALSHA */
@@ -350,7 +356,8 @@ ngx_int_t ngx_stream_im_redis_eval(ngx_uint_t script, ngx_uint_t nkeys,
     ngx_str_t *keys, ngx_uint_t nargs, ngx_str_t *args,
     ngx_stream_im_redis_handler_pt handler, ngx_stream_im_ref_t *ref);
 void ngx_stream_im_redis_exit_worker(void);
-ngx_int_t ngx_stream_im_redis_subscribe(ngx_str_t *argv);
+ngx_int_t ngx_stream_im_redis_subscriber(ngx_uint_t argc, ngx_str_t *argv,
+    ngx_stream_im_redis_handler_pt handler);
 ngx_int_t ngx_stream_im_redis_refusal(redisReply *r);
 
 /* routing: the worker's users, routes in Redis, delivery and replay */

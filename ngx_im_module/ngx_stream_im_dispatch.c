@@ -654,7 +654,7 @@ ngx_stream_im_grouped(ngx_stream_im_ref_t *ref, redisReply *r)
 }
 
 
-/* the script's reply: [msg_id, client_msg_id] */
+/* the script's reply: [msg_id, client_msg_id, bytes stored] */
 
 static void
 ngx_stream_im_sent(ngx_stream_im_ref_t *ref, redisReply *r)
@@ -670,7 +670,8 @@ ngx_stream_im_sent(ngx_stream_im_ref_t *ref, redisReply *r)
         return;
     }
 
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY
+        || (r->elements != 2 && r->elements != 3)
         || r->element[0]->type != REDIS_REPLY_STRING
         || r->element[1]->type != REDIS_REPLY_STRING
         || ngx_stream_im_msg_id_parse((u_char *) r->element[0]->str,
@@ -679,6 +680,18 @@ ngx_stream_im_sent(ngx_stream_im_ref_t *ref, redisReply *r)
     {
         ngx_stream_im_script_error(ctx, ref->id, r);
         return;
+    }
+
+    /*
+     * A group send stores its entry once per member: that counts against
+     * the sender's im_rate bytes, so one member cannot grow Redis by the
+     * group's size times its own rate.
+     */
+
+    if (r->elements == 3 && r->element[2]->type == REDIS_REPLY_INTEGER
+        && r->element[2]->integer > 0)
+    {
+        ngx_stream_im_session_charge(ctx, (size_t) r->element[2]->integer);
     }
 
     im__frame__init(&f);
@@ -736,13 +749,14 @@ ngx_stream_im_ack(ngx_stream_im_session_t *ctx, Im__Frame *f)
 static ngx_int_t
 ngx_stream_im_sync(ngx_stream_im_session_t *ctx, Im__Frame *f)
 {
-    uint32_t                 limit;
-    ngx_str_t                after, before, lo, hi;
-    ngx_uint_t               reverse;
-    ngx_stream_im_ref_t      ref;
-    ngx_stream_im_msg_id_t   mid_after, mid_before;
-    u_char                   lbuf[2 + NGX_STREAM_IM_ID_MAX];
-    u_char                   hbuf[2 + NGX_STREAM_IM_ID_MAX];
+    uint32_t                   limit;
+    ngx_str_t                  after, before, lo, hi;
+    ngx_uint_t                 reverse;
+    ngx_stream_im_ref_t        ref;
+    ngx_stream_im_msg_id_t     mid_after, mid_before;
+    ngx_stream_im_srv_conf_t  *iscf;
+    u_char                     lbuf[2 + NGX_STREAM_IM_ID_MAX];
+    u_char                     hbuf[2 + NGX_STREAM_IM_ID_MAX];
 
     after.data = (u_char *) f->sync->after;
     after.len = ngx_strlen(f->sync->after);
@@ -798,6 +812,27 @@ ngx_stream_im_sync(ngx_stream_im_session_t *ctx, Im__Frame *f)
         ngx_str_set(&hi, "+");
     }
 
+    /*
+     * One Sync at a time, and none while half the send queue waits: each
+     * costs Redis a page, which a client that does not read would only
+     * make it read again and again.
+     */
+
+    if (ctx->syncing) {
+        ngx_log_error(NGX_LOG_INFO, ctx->session->connection->log, 0,
+                      "client sent a Sync while one is in flight");
+
+        return ngx_stream_im_send_error(ctx, f->id,
+                                        IM__ERROR__CODE__RATE_LIMITED,
+                                        "one Sync at a time");
+    }
+
+    iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
+
+    if (ctx->out_bytes >= iscf->send_queue / 2) {
+        return ngx_stream_im_sync_done(ctx, f->id, NULL, 1);
+    }
+
     /* scroll-back: newest first */
 
     reverse = (before.len && after.len == 0);
@@ -810,6 +845,8 @@ ngx_stream_im_sync(ngx_stream_im_session_t *ctx, Im__Frame *f)
     {
         return ngx_stream_im_send_unavailable(ctx, f->id);
     }
+
+    ctx->syncing = 1;
 
     return NGX_OK;
 }
@@ -832,6 +869,8 @@ ngx_stream_im_synced(ngx_stream_im_ref_t *ref, redisReply *r)
     if (ctx == NULL) {
         return;
     }
+
+    ctx->syncing = 0;
 
     if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements == 0
         || r->element[0]->type != REDIS_REPLY_INTEGER)

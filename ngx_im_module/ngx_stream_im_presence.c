@@ -21,6 +21,7 @@
 
 
 #define NGX_STREAM_IM_PRESENCE_COALESCE  1000
+#define NGX_STREAM_IM_PRESENCE_BATCH     128
 
 
 typedef struct ngx_stream_im_watcher_s  ngx_stream_im_watcher_t;
@@ -62,7 +63,13 @@ static void ngx_stream_im_presence_event(ngx_str_t *channel,
 static void ngx_stream_im_presence_timer(ngx_event_t *ev);
 static void ngx_stream_im_presence_leave(ngx_stream_im_session_t *ctx);
 static void ngx_stream_im_presence_unwatch(ngx_stream_im_watcher_t *w);
+static void ngx_stream_im_presence_heard(ngx_stream_im_watch_t *watch,
+    ngx_uint_t online, uint64_t last_seen);
 static void ngx_stream_im_presence_ready(ngx_uint_t fresh);
+static void ngx_stream_im_presence_subscribed(ngx_stream_im_ref_t *ref,
+    redisReply *r);
+static void ngx_stream_im_presence_refresh(ngx_stream_im_ref_t *ref,
+    redisReply *r);
 
 
 static ngx_rbtree_t          ngx_stream_im_watches;
@@ -314,7 +321,7 @@ ngx_stream_im_presence_channel(ngx_str_t *user, char *command)
     argv[1].data = channel;
     argv[1].len = ngx_sprintf(channel, "im:presence:%V", user) - channel;
 
-    return ngx_stream_im_redis_subscribe(argv);
+    return ngx_stream_im_redis_subscriber(2, argv, NULL);
 }
 
 
@@ -440,11 +447,20 @@ ngx_stream_im_presence_event(ngx_str_t *channel, ngx_str_t *payload)
         return;
     }
 
-    watch->online = (payload->data[0] == '1');
-    watch->last_seen = (uint64_t) ngx_atoi(payload->data + 2,
-                                           payload->len - 2);
+    ngx_stream_im_presence_heard(watch, payload->data[0] == '1',
+                                 (uint64_t) ngx_atoi(payload->data + 2,
+                                                     payload->len - 2));
+}
 
-    /* a change is passed on once it has held for a second */
+
+/* a change is passed on once it has held for a second */
+
+static void
+ngx_stream_im_presence_heard(ngx_stream_im_watch_t *watch, ngx_uint_t online,
+    uint64_t last_seen)
+{
+    watch->online = online;
+    watch->last_seen = last_seen;
 
     ngx_add_timer(&watch->timer, NGX_STREAM_IM_PRESENCE_COALESCE);
 }
@@ -536,15 +552,21 @@ ngx_stream_im_presence_unwatch(ngx_stream_im_watcher_t *w)
 }
 
 
-/* the subscriber connection is new: subscribe again to every channel */
+/*
+ * The subscriber connection is new: subscribe again to every channel,
+ * and once that holds (a PING behind the SUBSCRIBEs is answered), read
+ * every watched user's state again: changes published while the link was
+ * away were never heard.
+ */
 
 static void
 ngx_stream_im_presence_ready(ngx_uint_t fresh)
 {
+    ngx_str_t               argv[1];
     ngx_queue_t            *q;
     ngx_stream_im_watch_t  *watch;
 
-    if (!fresh) {
+    if (!fresh || ngx_queue_empty(&ngx_stream_im_watches_all)) {
         return;
     }
 
@@ -558,6 +580,100 @@ ngx_stream_im_presence_ready(ngx_uint_t fresh)
             != NGX_OK)
         {
             return;
+        }
+    }
+
+    ngx_str_set(&argv[0], "PING");
+
+    (void) ngx_stream_im_redis_subscriber(1, argv,
+                                          ngx_stream_im_presence_subscribed);
+}
+
+
+static void
+ngx_stream_im_presence_subscribed(ngx_stream_im_ref_t *ref, redisReply *r)
+{
+    ngx_uint_t              n;
+    ngx_str_t              *args;
+    ngx_queue_t            *q;
+    ngx_stream_im_watch_t  *watch;
+
+    if (r == NULL) {
+        return;
+    }
+
+    args = ngx_alloc(NGX_STREAM_IM_PRESENCE_BATCH * sizeof(ngx_str_t),
+                     ngx_cycle->log);
+    if (args == NULL) {
+        return;
+    }
+
+    n = 0;
+    q = ngx_queue_head(&ngx_stream_im_watches_all);
+
+    /* a script call per batch of users, the last one maybe shorter */
+
+    while (q != ngx_queue_sentinel(&ngx_stream_im_watches_all) || n) {
+
+        if (q != ngx_queue_sentinel(&ngx_stream_im_watches_all)) {
+            watch = ngx_queue_data(q, ngx_stream_im_watch_t, all);
+            args[n++] = watch->sn.str;
+            q = ngx_queue_next(q);
+
+            if (n < NGX_STREAM_IM_PRESENCE_BATCH
+                && q != ngx_queue_sentinel(&ngx_stream_im_watches_all))
+            {
+                continue;
+            }
+        }
+
+        if (ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_PRESENCE, 0, NULL,
+                                     n, args, ngx_stream_im_presence_refresh,
+                                     NULL)
+            != NGX_OK)
+        {
+            break;
+        }
+
+        n = 0;
+    }
+
+    ngx_free(args);
+}
+
+
+/* the presence script's reply, for the watches rather than a request */
+
+static void
+ngx_stream_im_presence_refresh(ngx_stream_im_ref_t *ref, redisReply *r)
+{
+    size_t                  i;
+    ngx_str_t               user;
+    redisReply            **e;
+    ngx_stream_im_watch_t  *watch;
+
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements % 3) {
+        return;
+    }
+
+    e = r->element;
+
+    for (i = 0; i < r->elements; i += 3) {
+        if (e[i]->type != REDIS_REPLY_STRING
+            || e[i + 1]->type != REDIS_REPLY_INTEGER
+            || e[i + 2]->type != REDIS_REPLY_INTEGER)
+        {
+            continue;
+        }
+
+        user.data = (u_char *) e[i]->str;
+        user.len = e[i]->len;
+
+        watch = ngx_stream_im_presence_watch(&user);
+
+        if (watch) {
+            ngx_stream_im_presence_heard(watch, e[i + 1]->integer != 0,
+                                         e[i + 2]->integer);
         }
     }
 }

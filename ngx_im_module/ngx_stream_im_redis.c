@@ -54,6 +54,7 @@
 #define NGX_STREAM_IM_REDIS_BACKOFF_MAX 5000
 #define NGX_STREAM_IM_REDIS_HEARTBEAT   5000
 #define NGX_STREAM_IM_REDIS_ALIVE_TTL   "15000"
+#define NGX_STREAM_IM_REDIS_STALL       12000
 
 
 typedef struct {
@@ -94,7 +95,10 @@ typedef struct {
     ngx_uint_t                      state;
     ngx_uint_t                      pending;    /* replies before READY */
     ngx_uint_t                      heartbeat_pending;
+    ngx_uint_t                      pong_pending;
     ngx_uint_t                      alive_set;  /* a heartbeat was stored */
+    ngx_uint_t                      stalled;    /* resync started for it */
+    ngx_msec_t                      alive_at;   /* last heartbeat stored */
     ngx_uint_t                      nsubs;
     ngx_uint_t                      nready;
     ngx_stream_im_redis_sub_t       subs[NGX_STREAM_IM_REDIS_HANDLERS];
@@ -120,6 +124,9 @@ static void ngx_stream_im_redis_reconnect_handler(ngx_event_t *ev);
 static void ngx_stream_im_redis_heartbeat_handler(ngx_event_t *ev);
 static void ngx_stream_im_redis_heartbeat_reply(ngx_stream_im_ref_t *ref,
     redisReply *r);
+static void ngx_stream_im_redis_pong(ngx_stream_im_ref_t *ref,
+    redisReply *r);
+static void ngx_stream_im_redis_check_stall(void);
 static void ngx_stream_im_redis_read_handler(ngx_event_t *rev);
 static void ngx_stream_im_redis_write_handler(ngx_event_t *wev);
 static ngx_int_t ngx_stream_im_redis_reply(ngx_stream_im_redis_conn_t *rc,
@@ -677,7 +684,9 @@ ngx_stream_im_redis_fail(char *why)
 
     rd->state = NGX_STREAM_IM_REDIS_DOWN;
     rd->heartbeat_pending = 0;
+    rd->pong_pending = 0;
     rd->alive_set = 0;
+    rd->stalled = 0;
 
     ngx_stream_im_redis_close_one(&rd->cmd);
     ngx_stream_im_redis_close_one(&rd->sub);
@@ -763,11 +772,30 @@ ngx_stream_im_redis_heartbeat_handler(ngx_event_t *ev)
         return;
     }
 
-    /* a Redis that stopped answering without closing is down too */
+    /*
+     * A Redis that stopped answering without closing is down too, on
+     * either socket: a subscriber connection dropped silently on the way
+     * would leave every session deaf while sends still work.
+     */
 
-    if (rd->heartbeat_pending) {
+    if (rd->heartbeat_pending || rd->pong_pending) {
         ngx_stream_im_redis_fail("no reply for a heartbeat period");
         return;
+    }
+
+    ngx_stream_im_redis_check_stall();
+
+    if (rd->state != NGX_STREAM_IM_REDIS_READY) {
+        return;
+    }
+
+    ngx_str_set(&argv[0], "PING");
+
+    if (ngx_stream_im_redis_send(&rd->sub, 1, argv, ngx_stream_im_redis_pong,
+                                 NULL)
+        == NGX_OK)
+    {
+        rd->pong_pending = 1;
     }
 
     /*
@@ -812,6 +840,9 @@ ngx_stream_im_redis_heartbeat_reply(ngx_stream_im_ref_t *ref, redisReply *r)
         return;
     }
 
+    rd->alive_at = ngx_current_msec;
+    rd->stalled = 0;
+
     if (r->type == REDIS_REPLY_NIL && rd->alive_set) {
 
         /*
@@ -827,6 +858,45 @@ ngx_stream_im_redis_heartbeat_reply(ngx_stream_im_ref_t *ref, redisReply *r)
     }
 
     rd->alive_set = 1;
+}
+
+
+static void
+ngx_stream_im_redis_pong(ngx_stream_im_ref_t *ref, redisReply *r)
+{
+    ngx_stream_im_redis.pong_pending = 0;
+}
+
+
+/*
+ * The worker was stopped or starved long enough for its alive key to
+ * lapse: other workers may have dropped its routes and published past
+ * it.  Checked before channel messages are passed on, since after a
+ * stall the sockets are read before the heartbeat timer runs.
+ */
+
+static void
+ngx_stream_im_redis_check_stall(void)
+{
+    ngx_stream_im_redis_t  *rd;
+
+    rd = &ngx_stream_im_redis;
+
+    if (rd->state != NGX_STREAM_IM_REDIS_READY || !rd->alive_set
+        || rd->stalled
+        || ngx_current_msec - rd->alive_at < NGX_STREAM_IM_REDIS_STALL)
+    {
+        return;
+    }
+
+    rd->stalled = 1;
+
+    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                  "redis %V: no heartbeat stored for %M ms, the routes of "
+                  "this worker may have lapsed, registering them again",
+                  &rd->addr->name, ngx_current_msec - rd->alive_at);
+
+    ngx_stream_im_redis_call_ready(0);
 }
 
 
@@ -860,6 +930,10 @@ ngx_stream_im_redis_read_handler(ngx_event_t *rev)
 
     bytes = 0;
     replies = 0;
+
+    if (rc->subscriber) {
+        ngx_stream_im_redis_check_stall();
+    }
 
     for ( ;; ) {
 
@@ -1048,17 +1122,21 @@ ngx_stream_im_redis_push(redisReply *r)
 }
 
 
-/* SUBSCRIBE or UNSUBSCRIBE on the subscriber connection */
+/*
+ * A command on the subscriber connection: SUBSCRIBE or UNSUBSCRIBE of
+ * one channel, or PING, each answered once.
+ */
 
 ngx_int_t
-ngx_stream_im_redis_subscribe(ngx_str_t *argv)
+ngx_stream_im_redis_subscriber(ngx_uint_t argc, ngx_str_t *argv,
+    ngx_stream_im_redis_handler_pt handler)
 {
     if (ngx_stream_im_redis.state != NGX_STREAM_IM_REDIS_READY) {
         return NGX_DECLINED;
     }
 
-    return ngx_stream_im_redis_send(&ngx_stream_im_redis.sub, 2, argv, NULL,
-                                    NULL);
+    return ngx_stream_im_redis_send(&ngx_stream_im_redis.sub, argc, argv,
+                                    handler, NULL);
 }
 
 

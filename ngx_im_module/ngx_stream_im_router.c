@@ -22,7 +22,8 @@
  * login, and again after every "ready" of the Redis link (a new link, or
  * routes that lapsed), it replays its inbox after the newest entry it
  * has.  Each ready starts a new epoch; a session is caught up when a
- * replay read in the current epoch found nothing more.  Live messages
+ * replay read in the current epoch, issued after its route was set in
+ * that epoch, found nothing more.  Live messages
  * that come before are left to the replay, so the client sees inbox
  * order with no gap, however the link failed.
  *
@@ -256,29 +257,43 @@ ngx_stream_im_router_route(ngx_stream_im_session_t *ctx, uint32_t id)
 
     ngx_stream_im_session_ref(ctx, &ref, id);
 
+    ctx->route_epoch = ngx_stream_im_epoch;
+
     return ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_LOGIN, 2, keys, 5,
                                     args, ngx_stream_im_router_logged_in,
                                     &ref);
 }
 
 
-/* the route of a session that is signed in, again after a ready */
+/*
+ * The route of a session that is signed in, again after a ready; the
+ * script tells watchers the user is online if no other route of it was.
+ */
 
 static ngx_int_t
 ngx_stream_im_router_reregister(ngx_stream_im_session_t *ctx)
 {
-    ngx_str_t  args[4];
-    u_char     key[NGX_STREAM_IM_KEY_MAX];
+    ngx_str_t  key, args[3];
+    u_char     buf[NGX_STREAM_IM_KEY_MAX];
     u_char     sid[NGX_STREAM_IM_SID_MAX];
 
-    ngx_str_set(&args[0], "HSET");
-    args[1].data = key;
-    args[1].len = ngx_stream_im_router_key(key, "u", &ctx->user, "routes")
-                  - key;
-    args[2] = *ngx_stream_im_router_session_id(ctx, sid);
-    args[3] = *ngx_stream_im_redis_channel();
+    key.data = buf;
+    key.len = ngx_stream_im_router_key(buf, "u", &ctx->user, "routes") - buf;
 
-    return ngx_stream_im_redis_command(4, args, NULL, NULL);
+    args[0] = *ngx_stream_im_router_session_id(ctx, sid);
+    args[1] = *ngx_stream_im_redis_channel();
+    args[2] = ctx->user;
+
+    if (ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_REROUTE, 1, &key, 3,
+                                 args, NULL, NULL)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ctx->route_epoch = ngx_stream_im_epoch;
+
+    return NGX_OK;
 }
 
 
@@ -430,9 +445,20 @@ ngx_stream_im_router_forget(ngx_stream_im_session_t *ctx)
     ngx_queue_insert_tail(&ngx_stream_im_gone, &g->queue);
     ngx_stream_im_gone_n++;
 
-    /* the link is away: the resync after its ready sends it */
+    if (ngx_stream_im_router_gone_send(g) == NGX_OK
+        || !ngx_stream_im_redis_up())
+    {
+        /* or the link is away: the resync after its ready sends it */
+        return;
+    }
 
-    (void) ngx_stream_im_router_gone_send(g);
+    /* the link is up but its buffer is full: try again shortly */
+
+    if (!ngx_stream_im_resync_ev.timer_set
+        && !ngx_stream_im_resync_ev.posted)
+    {
+        ngx_add_timer(&ngx_stream_im_resync_ev, NGX_STREAM_IM_RESYNC_WAIT);
+    }
 }
 
 
@@ -524,9 +550,10 @@ ngx_stream_im_router_remove(ngx_stream_im_session_t *ctx)
 
 /*
  * Entries of the inbox between lo and hi ("-", "+" or "(<id>"), at most
- * count and, past the first, half a send queue of bytes: the script's
- * reply is {more, entry, ...}.  Sized by bytes, not entries, so a page
- * of large messages costs Redis what the session can take.
+ * count and, past the first, as many bytes as half the send queue has
+ * room for: the script's reply is {more, entry, ...}.  Sized by bytes,
+ * not entries, so a page of large messages costs Redis what the session
+ * can take.
  */
 
 ngx_int_t
@@ -534,6 +561,7 @@ ngx_stream_im_router_range(ngx_stream_im_session_t *ctx, ngx_str_t *lo,
     ngx_str_t *hi, ngx_uint_t reverse, ngx_uint_t count,
     ngx_stream_im_redis_handler_pt handler, ngx_stream_im_ref_t *ref)
 {
+    size_t                     room;
     ngx_str_t                  key, args[5];
     ngx_stream_im_srv_conf_t  *iscf;
     u_char                     buf[NGX_STREAM_IM_KEY_MAX];
@@ -549,8 +577,13 @@ ngx_stream_im_router_range(ngx_stream_im_session_t *ctx, ngx_str_t *lo,
     args[1] = *hi;
     args[2].data = num;
     args[2].len = ngx_sprintf(num, "%ui", count) - num;
+    /* what the send queue has room for; the script gives at least one */
+
+    room = (ctx->out_bytes < iscf->send_queue / 2)
+           ? iscf->send_queue / 2 - ctx->out_bytes : 0;
+
     args[3].data = bytes;
-    args[3].len = ngx_sprintf(bytes, "%uz", iscf->send_queue / 2) - bytes;
+    args[3].len = ngx_sprintf(bytes, "%uz", room) - bytes;
 
     if (reverse) {
         ngx_str_set(&args[4], "1");
@@ -588,10 +621,27 @@ ngx_stream_im_router_replay(ngx_stream_im_session_t *ctx)
 
     ngx_str_set(&hi, "+");
 
-    /* the epoch this read belongs to: caught up only if still current */
+    if (ctx->last.ms == UINT64_MAX && ctx->last.seq == UINT64_MAX) {
+
+        /* a cursor at the end of the id space: nothing can come after */
+
+        ctx->replaying = 0;
+
+        if (ctx->route_epoch == ngx_stream_im_epoch) {
+            ctx->epoch = ngx_stream_im_epoch;
+        }
+
+        return;
+    }
+
+    /*
+     * The epoch this read belongs to, 0 if the session's route was not
+     * set in it yet: caught up only if it is still current when answered.
+     */
 
     ngx_stream_im_session_ref(ctx, &ref, 0);
-    ref.arg = ngx_stream_im_epoch;
+    ref.arg = (ctx->route_epoch == ngx_stream_im_epoch)
+              ? ngx_stream_im_epoch : 0;
 
     if (ngx_stream_im_router_range(ctx, &lo, &hi, 0,
                                    NGX_STREAM_IM_REPLAY_PAGE,
@@ -631,9 +681,20 @@ ngx_stream_im_router_page(ngx_stream_im_ref_t *ref, redisReply *r)
 
     ctx->replaying = 0;
 
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements == 0
+    if (r == NULL) {
+
+        /* the link broke: the resync after its ready replays */
+        return;
+    }
+
+    if (r->type != REDIS_REPLY_ARRAY || r->elements == 0
         || r->element[0]->type != REDIS_REPLY_INTEGER)
     {
+        /* the next live message for the session tries again */
+
+        ngx_log_error(NGX_LOG_ERR, ctx->session->connection->log, 0,
+                      "redis refused a replay: %s",
+                      r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
         return;
     }
 
@@ -672,6 +733,12 @@ ngx_stream_im_router_page(ngx_stream_im_ref_t *ref, redisReply *r)
         }
 
         ctx->last = mid;
+    }
+
+    if (ref->arg == 0 && !ctx->replay_again) {
+
+        /* the route is not set in this epoch: the resync replays then */
+        return;
     }
 
     if (r->element[0]->integer || ctx->replay_again
@@ -893,6 +960,15 @@ ngx_stream_im_router_fanout(ngx_str_t *name, ngx_stream_im_msg_t *msg,
 
         if (ctx->replaying || ctx->epoch != ngx_stream_im_epoch) {
             ctx->replay_again = 1;
+
+            /* a catch-up that stopped on an error starts again here */
+
+            if (!ctx->replaying
+                && ctx->route_epoch == ngx_stream_im_epoch)
+            {
+                ngx_stream_im_router_replay(ctx);
+            }
+
             continue;
         }
 
@@ -1005,10 +1081,16 @@ ngx_stream_im_router_resync(ngx_event_t *ev)
                 goto again;
             }
 
-            /* a replay in flight sees the new epoch when it is answered */
+            /*
+             * A replay in flight may have been read before the route was
+             * set again: it reads once more when it is answered.
+             */
 
             if (!ctx->replaying || ctx->replay_paused) {
                 ngx_stream_im_router_replay(ctx);
+
+            } else {
+                ctx->replay_again = 1;
             }
         }
 

@@ -107,7 +107,8 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
     /*
      * send: KEYS none (per-user keys are derived); ARGV: entry, inbox
      * max, sender, origin session, client_msg_id, kind "u" or "g",
-     * target, group max.  Returns {msg_id, client_msg_id}.
+     * target, group max.  Returns {msg_id, client_msg_id, bytes stored}
+     * ({msg_id, client_msg_id} for a duplicate).
      */
 
     { ngx_string(
@@ -172,7 +173,7 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
           "  redis.call('PUBLISH', ch, 'm' .. id .. '\\n' .. ARGV[4] .. '\\n'\n"
           "             .. table.concat(l, ' ') .. '\\n' .. entry)\n"
           "end\n"
-          "return {id, cmid}\n"),
+          "return {id, cmid, #users * #entry}\n"),
       "" },
 
     /*
@@ -317,5 +318,21 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
           "  if #r < 16 then return out end\n"
           "  if rev then to = '(' .. r[#r][1] else from = '(' .. r[#r][1] end\n"
           "end\n"),
+      "" },
+
+    /*
+     * reroute: KEYS routes; ARGV: session, channel, user.  The route of a
+     * signed-in session, set again after a ready; if none of the user's
+     * routes was alive, watchers were told offline: now online again.
+     */
+
+    { ngx_string(
+          NGX_STREAM_IM_LUA_LIVE
+          "local n = live(KEYS[1])\n"
+          "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
+          "if n == 0 then\n"
+          "  redis.call('PUBLISH', 'im:presence:' .. ARGV[3], '1 ' .. now())\n"
+          "end\n"
+          "return 1\n"),
       "" }
 };

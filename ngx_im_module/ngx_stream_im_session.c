@@ -1431,12 +1431,16 @@ ngx_stream_im_rate(ngx_stream_im_session_t *ctx, ngx_uint_t frames,
     ctx->rate_frames = (int32_t) ngx_max(f, INT32_MIN);
     ctx->rate_bytes = (int32_t) ngx_max(b, INT32_MIN);
 
+    if (b >= 0) {
+        ctx->rate_debt = 0;
+    }
+
     if (f >= 0 && b >= 0) {
         return NGX_OK;
     }
 
     if (f > -(int64_t) iscf->rate_burst * 1000
-        && b > -(int64_t) iscf->rate_bytes * 2)
+        && (b > -(int64_t) iscf->rate_bytes * 2 || ctx->rate_debt))
     {
         return NGX_DECLINED;
     }
@@ -1448,6 +1452,31 @@ ngx_stream_im_rate(ngx_stream_im_session_t *ctx, ngx_uint_t frames,
                         "rate limit exceeded");
 
     return NGX_ABORT;
+}
+
+
+/*
+ * Work done for the session that its bytes of input did not show: taken
+ * from its byte budget, so its next frames are refused until the budget
+ * has grown back; such a debt alone does not cut the client off.
+ */
+
+void
+ngx_stream_im_session_charge(ngx_stream_im_session_t *ctx, size_t bytes)
+{
+    int64_t                    b;
+    ngx_stream_im_srv_conf_t  *iscf;
+
+    iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
+
+    if (iscf->rate == 0) {
+        return;
+    }
+
+    b = (int64_t) ctx->rate_bytes - (int64_t) ngx_min(bytes, INT32_MAX);
+
+    ctx->rate_bytes = (int32_t) ngx_max(b, INT32_MIN);
+    ctx->rate_debt = (ctx->rate_bytes < 0);
 }
 
 
