@@ -6,11 +6,16 @@
 #   ./build.sh build   build build/ngx_stream_im_module.so and the tools
 #   ./build.sh run     deps + build, then redis-server and nginx on loopback
 #   ./build.sh test    deps + build + every test: unit, integration,
-#                      conformance, a sanitizer pass, a short fuzz run
+#                      conformance, a sanitizer pass, a 60 s chaos run,
+#                      a short fuzz run
 #   ./build.sh bench   deps + build, then the benchmark (bench/run:
 #                      --sessions N, --peers); figures in build/bench
 #   ./build.sh fuzz [seconds]
 #                      deps + build, then each fuzz target (60 s each)
+#   ./build.sh chaos [seconds] [--seed N]
+#                      deps + build + the ASan build, then the chaos run
+#                      (t/chaos/run: faults, hostile and honest clients;
+#                      report in build/chaos/report-<seed>.json)
 #
 # Everything is written under build/; nothing outside the repo but apt.
 
@@ -210,6 +215,14 @@ run_fuzz() {
 }
 
 
+# the chaos run against the ASan build (t/chaos/README.md)
+run_chaos() {
+    log "chaos run"
+    "$top/t/sanitize.sh" build
+    "$python" "$top/t/chaos/run" --no-build "$@"
+}
+
+
 run_servers() {
     local dir=$build/run
     local port=${IM_PORT:-8080}
@@ -295,6 +308,11 @@ case "$cmd" in
         build_all
         run_fuzz "${1:-60}"
         ;;
+    chaos)
+        deps
+        build_all
+        run_chaos "$@"
+        ;;
     test)
         deps
         build_all
@@ -303,11 +321,12 @@ case "$cmd" in
         run_integration "$@" || rc=1
         run_conformance || rc=1
         run_sanitized || rc=1
+        run_chaos 60 || rc=1
         run_fuzz --ci || rc=1
         exit $rc
         ;;
     *)
-        sed -n '3,14s/^# \{0,1\}//p' "$0"
+        sed -n '3,19s/^# \{0,1\}//p' "$0"
         exit 2
         ;;
 esac

@@ -107,8 +107,8 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
     /*
      * send: KEYS none (per-user keys are derived); ARGV: entry, inbox
      * max, sender, origin session, client_msg_id, kind "u" or "g",
-     * target, group max.  Returns {msg_id, client_msg_id, bytes stored}
-     * ({msg_id, client_msg_id} for a duplicate).
+     * target, group max.  Returns {msg_id, client_msg_id, bytes a group
+     * send stored} ({msg_id, client_msg_id} for a duplicate).
      */
 
     { ngx_string(
@@ -173,6 +173,7 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
           "  redis.call('PUBLISH', ch, 'm' .. id .. '\\n' .. ARGV[4] .. '\\n'\n"
           "             .. table.concat(l, ' ') .. '\\n' .. entry)\n"
           "end\n"
+          "if ARGV[6] ~= 'g' then return {id, cmid, 0} end\n"
           "return {id, cmid, #users * #entry}\n"),
       "" },
 
