@@ -54,6 +54,7 @@ default_tests=(
     t/integration/test_auth_tokens.py
     t/integration/test_messaging.py
     t/integration/test_limits.py
+    t/integration/test_hostile.py
 )
 
 

@@ -55,6 +55,19 @@ running asyncio loop of the test; none blocks for long):
         ends it (what is held goes out at once).  Bytes client -> redis
         are never held.  kind is "cmd" or "sub".
 
+    .blackhole(kind, on=True)
+        From now on, until blackhole(kind, False), the bytes in both
+        directions on links of that kind (live ones and new ones) are
+        silently discarded: nothing is forwarded, nothing is closed, as
+        when a NAT or firewall on the way forgot the flow.  A new link is
+        classified by its first bytes as usual (those are discarded too
+        once its kind is blackholed).  A close by either side still ends
+        the link.  What was discarded is gone: a link that lives on past
+        blackhole(kind, False) has a torn byte stream, so the switch is
+        meant for links the client is expected to give up on.  Bytes held
+        by delay() are discarded when they are due.  kind is "cmd" or
+        "sub".
+
     .stats() -> dict of counts:
             accepted        connections accepted (refused ones included)
             refused         closed at once because of refuse()
@@ -65,6 +78,7 @@ running asyncio loop of the test; none blocks for long):
             bytes_up        bytes forwarded client -> redis
             bytes_down      bytes forwarded redis -> client
             held            bytes held by delay() right now
+            discarded       bytes dropped by blackhole(), both ways
 
     .close()
         Stops listening and closes every link; the thread ends within a
@@ -180,6 +194,7 @@ class FaultProxy:
         self._next_id = 1
         self._refuse_until = 0.0    # monotonic; float("inf") = until allow
         self._delays = {k: 0.0 for k in KINDS}
+        self._blackholes = {k: False for k in KINDS}
         self._counts = collections.Counter()
         self._held_total = 0
         self._closed = False
@@ -359,6 +374,9 @@ class FaultProxy:
                         link.kind = "sub" if name in SUB_COMMANDS else "cmd"
                         link._head = b""
                         link._wake.set()
+                if self._blackholed(link):
+                    self._counts["discarded"] += len(data)
+                    continue
                 writer.write(data)
                 link.bytes_up += len(data)
                 self._counts["bytes_up"] += len(data)
@@ -376,6 +394,9 @@ class FaultProxy:
                 data = await reader.read(READ_SIZE)
                 if not data:
                     break
+                if self._blackholed(link):
+                    self._counts["discarded"] += len(data)
+                    continue
                 link._held.append((time.monotonic(), data))
                 link._held_bytes += len(data)
                 self._held_total += len(data)
@@ -387,6 +408,9 @@ class FaultProxy:
         # what redis sent before it closed still goes out, then the end
         link._held.append((time.monotonic(), None))
         link._wake.set()
+
+    def _blackholed(self, link):
+        return link.kind is not None and self._blackholes.get(link.kind)
 
     def _delay_of(self, link):
         return self._delays.get(link.kind, 0.0) if link.kind else 0.0
@@ -416,6 +440,9 @@ class FaultProxy:
                     break
                 link._held_bytes -= len(data)
                 self._held_total -= len(data)
+                if self._blackholed(link):
+                    self._counts["discarded"] += len(data)
+                    continue
                 writer.write(data)
                 link.bytes_down += len(data)
                 self._counts["bytes_down"] += len(data)
@@ -481,12 +508,19 @@ class FaultProxy:
         if not self._closed:
             self._loop.call_soon_threadsafe(self._wake_all)
 
+    def blackhole(self, kind, on=True):
+        """Silently discard the bytes both ways on links of `kind` (live
+        and new ones), from now on until blackhole(kind, False)."""
+        if kind not in KINDS:
+            raise ValueError("kind is 'cmd' or 'sub', not %r" % (kind,))
+        self._blackholes[kind] = bool(on)
+
     def stats(self):
         """Counts: accepted, refused, upstream_failed, cut, closed, live,
-        bytes_up, bytes_down, held."""
+        bytes_up, bytes_down, held, discarded."""
         out = {k: self._counts.get(k, 0)
                for k in ("accepted", "refused", "upstream_failed", "cut",
-                         "closed", "bytes_up", "bytes_down")}
+                         "closed", "bytes_up", "bytes_down", "discarded")}
         with self._lock:
             out["live"] = len(self._links)
         out["held"] = self._held_total

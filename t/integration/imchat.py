@@ -11,6 +11,9 @@
     TcpProxy        a loopback TCP proxy that can refuse or cut its
                     connections (a Redis that one nginx cannot reach)
     xrange_ids()    ids of a user's inbox, straight from Redis
+    StalledReader   a signed-in client that stops reading and fills its
+                    session's send queue to a chosen byte count (from
+                    the socket queues in /proc/net/tcp)
 
 Every wait is bounded; nothing asserts that something was fast.
 """
@@ -477,3 +480,115 @@ class TcpProxy:
         except OSError:
             pass
         self._thread.join(2)
+
+
+# --------------------------------------------------------------------------
+# a client whose output piles up in its session's send queue
+
+def tcp_queues(local_port, remote_port):
+    """(tx_queue, rx_queue) of the loopback TCP socket local_port ->
+    remote_port, from /proc/net/tcp: bytes sent and not acknowledged,
+    bytes received and not read; None if there is no such socket."""
+    want = ("0100007F:%04X" % local_port, "0100007F:%04X" % remote_port)
+    with open("/proc/net/tcp") as fp:
+        for line in fp.readlines()[1:]:
+            f = line.split()
+            if (f[1], f[2]) == want:
+                tx, rx = f[4].split(":")
+                return int(tx, 16), int(rx, 16)
+    return None
+
+
+class StalledReader:
+    """A signed-in client that stops reading and sends WebSocket pings:
+    their pongs pile up in the kernel's buffers, then in the session's
+    send queue.  The pongs are all the output after AuthOk, so the bytes
+    the session still holds are
+
+        unsent = pong bytes made - the server socket's tx_queue
+                                 - this socket's rx_queue
+
+    (both from /proc/net/tcp), and a ping of the right size brings the
+    queue to a byte count of our choosing.  The head of the queue is a
+    2-byte pong, so at most 1 byte of what the queue counts is out:
+    which one, the parity of the bytes sent tells (queued())."""
+
+    def __init__(self, n, port, user="stalled"):
+        self.port = port
+        self.c = RawChat(port, rcvbuf=4096)
+        f = self.c.auth(n.token(user))
+        assert body(f) == "auth_ok", f
+        self.c.session = f.auth_ok.session
+        assert self.c.buf == b"", "output after AuthOk: %r" % self.c.buf
+        self.cport = self.c.sock.getsockname()[1]
+        self.made = 0
+
+    def ping(self, size=0, count=1):
+        from imtest import OP_PING, ws_frame
+        self.c.send_raw(ws_frame(OP_PING, b"q" * size,
+                                 mask_key=b"\0\0\0\0") * count)
+        self.made += (2 + size) * count
+
+    def unsent(self, timeout=10):
+        """unsent once three readings 50 ms apart agree."""
+        deadline = time.monotonic() + timeout
+        last, same = None, 0
+        while time.monotonic() < deadline:
+            srv = tcp_queues(self.port, self.cport)
+            cli = tcp_queues(self.cport, self.port)
+            assert srv and cli, "the connection is gone"
+            v = self.made - srv[0] - cli[1]
+            same = same + 1 if v == last else 0
+            if same >= 2:
+                return v
+            last = v
+            time.sleep(0.05)
+        raise AssertionError("the socket queues did not settle")
+
+    def stall(self, most, rounds=50):
+        """Pings until the session holds some output it cannot send;
+        their pongs never exceed `most` bytes in the queue."""
+        for _ in range(rounds):
+            u = self.unsent()
+            if u > 0:
+                return u
+            self.ping(0, max(1, min(most // 2, 5000)))
+        raise AssertionError("the session's output never stalled")
+
+    def queued(self):
+        """What the session's queue counts (im_send_queue is checked
+        against it): unsent bytes, plus the byte of a 2-byte pong at its
+        head that is already out, if one is (all the pongs that went out
+        are 2 bytes, so an odd count means half of one went).  Only
+        valid while the pongs not of 2 bytes are all still queued."""
+        u = self.unsent()
+        return u + (self.made - u) % 2
+
+    def fill_queue_to(self, target):
+        """Bring queued() to exactly target bytes (2 bytes of 2-byte
+        pongs stay ahead of the rest)."""
+        u = self.stall(target // 2)
+        assert u < target - 130, (u, target)
+        head = (self.made - u) % 2
+        self.fill_to(target - head)
+        q = self.queued()
+        assert q == target, (q, target)
+        return q
+
+    def fill_to(self, target, rounds=200):
+        """Bring the session's unsent output to exactly target bytes."""
+        for _ in range(rounds):
+            u = self.unsent()
+            room = target - u
+            assert room >= 0, (u, target)
+            if u > 0 and room == 0:
+                return u
+            if u > 0 and room <= 127:
+                # one pong of exactly the missing size (2..127 bytes)
+                assert room >= 2, "1 byte short: %d of %d" % (u, target)
+                self.ping(room - 2)
+                continue
+            # empty pings: 2-byte pongs, never past the target
+            self.ping(0, max(1, min((room - 128) // 2, 2000)))
+        raise AssertionError("could not fill the send queue to %d bytes "
+                             "(at %d)" % (target, self.unsent()))
