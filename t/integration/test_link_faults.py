@@ -107,8 +107,9 @@ def test_silent_subscriber_link_is_noticed_and_sessions_catch_up(
                      and first_sightings(bob, "alice")),
             max(1, RECOVERY - (time.monotonic() - t0)),
             "alice's acked message after the subscriber link went silent "
-            "(the worker %s the silent link; discarded %d bytes)"
-            % ("dropped" if dropped else "never dropped",
+            "(within %d s of the fault the worker %s the silent link; the "
+            "proxy discarded %d bytes)"
+            % (RECOVERY, "dropped" if dropped else "never dropped",
                fproxy.stats()["discarded"]))
         assert dropped
         assert not bob.closed, "bob was disconnected"
