@@ -23,6 +23,9 @@
 #define NGX_STREAM_IM_HANDSHAKE_MAX    8192
 #define NGX_STREAM_IM_KEY_LEN          32
 
+/* im_rate counts thousandths of a frame in an int32_t */
+#define NGX_STREAM_IM_RATE_MAX         (NGX_MAX_INT32_VALUE / 1000)
+
 /* WebSocket opcodes, RFC 6455 5.2 */
 #define NGX_STREAM_IM_WS_CONT          0x0
 #define NGX_STREAM_IM_WS_TEXT          0x1

@@ -634,13 +634,14 @@ ngx_stream_im_rate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     if (value[1].len < 4
         || ngx_strncmp(value[1].data + value[1].len - 3, "r/s", 3) != 0
-        || (n = ngx_atoi(value[1].data, value[1].len - 3)) <= 0)
+        || (n = ngx_atoi(value[1].data, value[1].len - 3)) <= 0
+        || n > NGX_STREAM_IM_RATE_MAX)
     {
         goto invalid;
     }
 
     iscf->rate = n;
-    iscf->rate_burst = 2 * n;
+    iscf->rate_burst = ngx_min(2 * n, NGX_STREAM_IM_RATE_MAX);
     iscf->rate_bytes = 1048576;
 
     for (i = 2; i < cf->args->nelts; i++) {
@@ -648,7 +649,7 @@ ngx_stream_im_rate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         if (ngx_strncmp(value[i].data, "burst=", 6) == 0) {
             n = ngx_atoi(value[i].data + 6, value[i].len - 6);
 
-            if (n <= 0) {
+            if (n <= 0 || n > NGX_STREAM_IM_RATE_MAX) {
                 goto invalid;
             }
 

@@ -1132,6 +1132,16 @@ ngx_stream_im_linger(ngx_stream_im_session_t *ctx)
 
     if (c->read->ready) {
         ngx_post_event(c->read, &ngx_posted_events);
+        return;
+    }
+
+    /*
+     * a connection refused with 503 was never read from: arm its read
+     * event, so that the client's FIN frees its slot before the linger
+     */
+
+    if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
+        ngx_stream_im_finalize(ctx);
     }
 }
 

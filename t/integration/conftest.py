@@ -87,8 +87,8 @@ def pytest_runtest_call(item):
 @pytest.fixture
 def nginx(request, tmp_path, redis):
     """Factory: nginx(server_directives="", workers=1, main_directives="",
-    stream_directives="", redis_addr=None, start=True, token_key=True)
-    -> imtest.Nginx.
+    stream_directives="", redis_addr=None, start=True, token_key=True,
+    listen="") -> imtest.Nginx.
 
     Each call writes a config under tmp_path (with a fresh im_token_key
     unless server_directives has one), runs nginx -t and starts nginx
@@ -99,11 +99,11 @@ def nginx(request, tmp_path, redis):
 
     def factory(server_directives="", workers=1, main_directives="",
                 stream_directives="", redis_addr=None, start=True,
-                token_key=True):
+                token_key=True, listen=""):
         n = imtest.Nginx(tmp_path / ("nginx%d" % len(servers)),
                          redis_addr or redis.addr, server_directives,
                          workers, main_directives, stream_directives,
-                         token_key=token_key)
+                         token_key=token_key, listen=listen)
         servers.append(n)
         if start:
             n.start()

@@ -322,10 +322,11 @@ def write_key_file(path, form="hex", seed=None):
 
 def nginx_conf(dir, port, redis_addr="127.0.0.1:6379", server_directives="",
                workers=1, main_directives="", stream_directives="",
-               module=None, im=True, token_key=None):
+               module=None, im=True, token_key=None, listen=""):
     """The nginx.conf text of a test server; redis_addr=None leaves out
     im_redis, im=False leaves out `im;`, token_key is the path of a key
-    file for `im_token_key` (None: no such line)."""
+    file for `im_token_key` (None: no such line), listen goes after the
+    address of `listen` (e.g. "reuseport")."""
     dir = str(dir)
     lines = [
         "load_module %s;" % STREAM_MODULE,
@@ -340,7 +341,7 @@ def nginx_conf(dir, port, redis_addr="127.0.0.1:6379", server_directives="",
         "stream {",
         "    " + stream_directives,
         "    server {",
-        "        listen 127.0.0.1:%d;" % port,
+        "        listen 127.0.0.1:%d %s;" % (port, listen),
         "        im;" if im else "",
         ("        im_redis %s;" % redis_addr) if redis_addr else "",
         ("        im_token_key %s;" % token_key) if token_key else "",
@@ -374,7 +375,7 @@ class Nginx:
 
     def __init__(self, dir, redis_addr, server_directives="", workers=1,
                  main_directives="", stream_directives="", port=None,
-                 module=None, token_key=True):
+                 module=None, token_key=True, listen=""):
         self.dir = str(dir)
         os.makedirs(self.dir, exist_ok=True)
         self.port = port or free_port()
@@ -394,7 +395,8 @@ class Nginx:
             self.token_seed, self.token_pub = write_key_file(key_path)
         self.conf = nginx_conf(self.dir, self.port, redis_addr,
                                server_directives, workers, main_directives,
-                               stream_directives, module, token_key=key_path)
+                               stream_directives, module, token_key=key_path,
+                               listen=listen)
         with open(self.conf_path, "w") as fp:
             fp.write(self.conf)
 

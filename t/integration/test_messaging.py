@@ -89,7 +89,7 @@ def test_two_workers_exchange_messages(nginx, redis):
 
 
 def test_many_pairs_across_four_workers(nginx):
-    n = nginx(workers=4)
+    n = nginx(workers=4, listen="reuseport")     # spread by the kernel
     pairs, count = 40, 20
 
     async def go():

@@ -38,7 +38,9 @@ def old_gone(n, old):
 
 
 def test_three_reloads_under_chat(nginx, redis):
-    n = nginx(DRAIN, workers=2)
+    # reuseport: the kernel spreads the clients over both workers by
+    # their ports; without it, one busy worker may take every accept
+    n = nginx(DRAIN, workers=2, listen="reuseport")
 
     async def go():
         load = ChatLoad(n, PAIRS, interval=0.3, prefix="r")
