@@ -96,8 +96,7 @@ class Monitor:
                 self.violation("sanitizer", "%s: %s" % (path, line.strip()))
         m = EXIT.search(line)
         if m:
-            kind, pid, sig, code = m.group(1), int(m.group(2)), m.group(3), \
-                m.group(4)
+            pid, sig, code = int(m.group(2)), m.group(3), m.group(4)
             sig = int(sig) if sig else None
             code = int(code) if code else None
             if sig == 9 and pid in self.killed:

@@ -21,6 +21,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from faultproxy import FaultProxy
 import imtest  # noqa: E402
 
 
@@ -153,3 +154,12 @@ def nginx_t(tmp_path):
         return imtest.nginx_test(d / "nginx.conf", d)
 
     return factory
+
+
+@pytest.fixture
+def fproxy(redis):
+    """A FaultProxy (faultproxy.py) in front of this test's redis-server:
+    nginx(redis_addr=fproxy.addr) reaches Redis through it."""
+    p = FaultProxy(redis.port)
+    yield p
+    p.close()

@@ -11,6 +11,8 @@
     TcpProxy        a loopback TCP proxy that can refuse or cut its
                     connections (a Redis that one nginx cannot reach)
     xrange_ids()    ids of a user's inbox, straight from Redis
+    first_sightings()  what a chat got from one sender, each msg_id once
+    poll(), wait_for()  a condition polled until true or time is up
     StalledReader   a signed-in client that stops reading and fills its
                     session's send queue to a chosen byte count (from
                     the socket queues in /proc/net/tcp)
@@ -324,6 +326,39 @@ async def close_all(chats):
                          return_exceptions=True)
 
 
+def first_sightings(chat, frm, field="msg_id"):
+    """`field` (msg_id or body) of the messages from `frm` that chat got,
+    each msg_id once, in the order first seen (a client dedups by
+    msg_id)."""
+    seen, out = set(), []
+    for m in chat.live_messages():
+        if getattr(m, "from") == frm and m.msg_id not in seen:
+            seen.add(m.msg_id)
+            out.append(getattr(m, field))
+    return out
+
+
+def poll(cond, timeout, interval=0.1):
+    """Poll cond() until it is true or time is up; its last value (the
+    caller asserts, with the details)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v or time.monotonic() >= deadline:
+            return v
+        time.sleep(interval)
+
+
+async def wait_for(cond, timeout, interval=0.1):
+    """poll() for coroutines."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v or time.monotonic() >= deadline:
+            return v
+        await asyncio.sleep(interval)
+
+
 def check_messages(got, expect_bodies, sender=None, to=None):
     """got (Message bodies) holds exactly expect_bodies in that order, with
     strictly increasing msg_ids."""
@@ -387,6 +422,17 @@ class RawChat(RawClient):
         self.send_pb(frame(id=id, ping={"ts_ms": ts}))
         f = self.reply(id)
         assert body(f) == "pong" and f.pong.ts_ms == ts, f
+
+
+def raw_auth(n, user, device="", port=None, **kw):
+    """A RawChat signed in as user on nginx n (or its `port`): .session,
+    .pid."""
+    c = RawChat(port or n.port, **kw)
+    f = c.auth(n.token(user), device)
+    assert body(f) == "auth_ok", f
+    c.session = f.auth_ok.session
+    c.pid = session_pid(c.session)
+    return c
 
 
 # --------------------------------------------------------------------------

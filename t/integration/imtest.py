@@ -146,6 +146,16 @@ def encode(f):
     return f if isinstance(f, (bytes, bytearray)) else f.SerializeToString()
 
 
+def varint(v):
+    """v as a protobuf varint, for frames built byte by byte."""
+    out = b""
+    while True:
+        b, v = v & 0x7F, v >> 7
+        out += bytes([b | (0x80 if v else 0)])
+        if not v:
+            return out
+
+
 def decode(data):
     """Parse bytes into an im.Frame (raises on bad protobuf)."""
     f = load_pb().Frame()

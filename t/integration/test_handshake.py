@@ -1,6 +1,5 @@
 """The WebSocket opening handshake (RFC 6455 section 4) as ngx_im does it."""
 
-import asyncio
 import re
 import threading
 

@@ -31,12 +31,12 @@ import time
 import pytest
 
 from imchat import (RawChat, StalledReader, close_all, inbox_key, login,
-                    next_id, redis_cmd, xlen)
+                    next_id, raw_auth, redis_cmd, xlen)
 from imgroup import expect_error, members_key
 from imtest import (LOG_LEVEL, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG,
                     RawClient, body, close_payload, decode, encode,
-                    error_code, frame, free_port, load_pb, run, wait_until,
-                    ws_frame)
+                    error_code, frame, free_port, load_pb, run, varint,
+                    wait_until, ws_frame)
 
 
 # --------------------------------------------------------------------------
@@ -77,16 +77,6 @@ def goodbye(c, code=1000):
     except OSError:
         pass
     assert c.wait_eof(10), "the server kept the connection after the close"
-
-
-def raw_auth(n, user, device="", port=None, **kw):
-    """A RawChat signed in as user: .session, .pid."""
-    c = RawChat(port or n.port, **kw)
-    f = c.auth(n.token(user), device)
-    assert body(f) == "auth_ok", f
-    c.session = f.auth_ok.session
-    c.pid = int(c.session.rsplit(":", 2)[1])
-    return c
 
 
 def wait_read(n, nbytes, since, fallback=0.3):
@@ -511,15 +501,6 @@ def test_sync_asks_redis_for_what_a_page_can_hold(nginx, redis):
 
 # --------------------------------------------------------------------------
 # 8. PresenceSub: the over-long list is refused before the costly part
-
-def varint(v):
-    out = b""
-    while True:
-        b, v = v & 0x7F, v >> 7
-        out += bytes([b | (0x80 if v else 0)])
-        if not v:
-            return out
-
 
 def x_list(id, entries):
     """The bytes of Frame{id, PresenceSub{users: ["x"] * entries}}."""

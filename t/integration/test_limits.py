@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from imchat import Chat, RawChat, login, next_id, redis_cmd, routes_key
+from imchat import Chat, login, next_id, raw_auth, redis_cmd, routes_key
 from imtest import (OP_BINARY, OP_CLOSE, OP_CONT, RawClient, body, decode,
                     encode, error_code, free_port, frame, run, wait_until,
                     ws_frame)
@@ -44,15 +44,6 @@ def read_until_close(c, timeout=10):
             return frames, close_frame(payload)
         assert op == OP_BINARY, (op, payload)
         frames.append(decode(payload))
-
-
-def raw_auth(n, user, device="", port=None, **kw):
-    c = RawChat(port or n.port, **kw)
-    f = c.auth(n.token(user), device)
-    assert body(f) == "auth_ok", f
-    c.session = f.auth_ok.session
-    c.pid = int(c.session.rsplit(":", 2)[1])
-    return c
 
 
 def say_goodbye(c):

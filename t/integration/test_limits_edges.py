@@ -40,7 +40,7 @@ from imgroup import (expect_error, expect_ok, join, make_group,
                      presence_sub, send_group_ok, sync_page)
 from imtest import (LOG_LEVEL, OP_BINARY, OP_CLOSE, OP_PONG, RawClient,
                     body, close_payload, decode, ed25519_public, encode,
-                    error_code, frame, free_port, run, ws_frame)
+                    error_code, frame, free_port, run, varint, ws_frame)
 
 
 # --------------------------------------------------------------------------
@@ -513,21 +513,12 @@ def padded_ping(id, wire_size):
     payload_size = wire_size - 8            # 16-bit length + mask key
     base = encode(frame(id=id, ping={"ts_ms": 1}))
     for n in range(payload_size, 0, -1):
-        pad = b"\xc2\x3e" + _varint(n) + b"z" * n    # field 1000, bytes
+        pad = b"\xc2\x3e" + varint(n) + b"z" * n    # field 1000, bytes
         if len(base) + len(pad) == payload_size:
             f = ws_frame(OP_BINARY, base + pad)
             assert len(f) == wire_size and decode(base + pad).id == id
             return f
     raise ValueError(wire_size)
-
-
-def _varint(v):
-    out = b""
-    while True:
-        b, v = v & 0x7F, v >> 7
-        out += bytes([b | (0x80 if v else 0)])
-        if not v:
-            return out
 
 
 @pytest.mark.parametrize("sizes,answers,closed", [

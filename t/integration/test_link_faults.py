@@ -11,10 +11,7 @@ needs one.  Waits are bounded; nothing asserts that something was fast."""
 import asyncio
 import time
 
-import pytest
-
-from faultproxy import FaultProxy
-from imchat import close_all, login
+from imchat import close_all, first_sightings, login, wait_for
 from imgroup import presence_sub, presences
 from imtest import run
 
@@ -24,39 +21,6 @@ from imtest import run
 HEARTBEAT = 5
 RECOVERY = 30
 UP = r"redis \S+ is up, channel \"(im:route:[^\"]+)\""
-
-
-def sender(m):
-    return getattr(m, "from")
-
-
-def first_sightings(chat, frm):
-    """Bodies of the messages from `frm` that chat got, each msg_id once,
-    in the order first seen (a client dedups by msg_id)."""
-    seen, out = set(), []
-    for m in chat.live_messages():
-        if sender(m) == frm and m.msg_id not in seen:
-            seen.add(m.msg_id)
-            out.append(m.body)
-    return out
-
-
-async def wait_for(cond, timeout, interval=0.1):
-    """Poll cond() until it is true or time is up; its last value (the
-    caller asserts, with the details)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v or time.monotonic() >= deadline:
-            return v
-        await asyncio.sleep(interval)
-
-
-@pytest.fixture
-def fproxy(redis):
-    p = FaultProxy(redis.port)
-    yield p
-    p.close()
 
 
 # --------------------------------------------------------------------------
@@ -87,7 +51,7 @@ def test_silent_subscriber_link_is_noticed_and_sessions_catch_up(
         alice = await login(n, "alice")
         bob = await login(n, "bob")
         await alice.send_ok("bob", b"before", cmid="before")
-        await bob.until(lambda: first_sightings(bob, "alice") == [b"before"],
+        await bob.until(lambda: first_sightings(bob, "alice", "body") == [b"before"],
                         10, "the message before the fault")
         subs = fproxy.links("sub")
         assert len(subs) == 1, subs
@@ -103,8 +67,8 @@ def test_silent_subscriber_link_is_noticed_and_sessions_catch_up(
         finally:
             fproxy.blackhole("sub", False)
         got = await bob.until(
-            lambda: (len(first_sightings(bob, "alice")) >= 2
-                     and first_sightings(bob, "alice")),
+            lambda: (len(first_sightings(bob, "alice", "body")) >= 2
+                     and first_sightings(bob, "alice", "body")),
             max(1, RECOVERY - (time.monotonic() - t0)),
             "alice's acked message after the subscriber link went silent "
             "(within %d s of the fault the worker %s the silent link; the "
@@ -119,9 +83,9 @@ def test_silent_subscriber_link_is_noticed_and_sessions_catch_up(
         # the link is back for good: live delivery goes on
         n.wait_log(UP, RECOVERY, since=mark)
         await alice.send_ok("bob", b"later", cmid="later")
-        await bob.until(lambda: len(first_sightings(bob, "alice")) >= 3, 10,
+        await bob.until(lambda: len(first_sightings(bob, "alice", "body")) >= 3, 10,
                         "a live message once the link is back")
-        assert first_sightings(bob, "alice") == [b"before", b"after",
+        assert first_sightings(bob, "alice", "body") == [b"before", b"after",
                                                  b"later"]
         await close_all([alice, bob])
 

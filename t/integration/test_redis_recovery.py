@@ -20,11 +20,8 @@ import signal
 import struct
 import time
 
-import pytest
-
-from faultproxy import FaultProxy
-from imchat import (RawChat, close_all, id_key, login, next_id, redis_cmd,
-                    routes_key, xrange)
+from imchat import (RawChat, close_all, first_sightings, id_key, login,
+                    next_id, poll, redis_cmd, routes_key, wait_for, xrange)
 from imload import alive_pids, channel_pid, process_children, routes_of
 import imtest
 from imtest import (OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, body, decode,
@@ -35,10 +32,6 @@ from imtest import (OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, body, decode,
 # heartbeat runs every 5 s: a worker is back well within this
 RECOVERY = 20
 UP = r"redis \S+ is up, channel \"(im:route:[^\"]+)\""
-
-
-def sender(m):
-    return getattr(m, "from")
 
 
 def routes(redis, user):
@@ -57,36 +50,15 @@ def inbox_bodies(redis, user):
     return {i: m.body.decode() for i, m in xrange(redis, user)}
 
 
-def first_sightings(chat, frm):
-    """msg_ids of the messages from `frm` that chat got, each once, in the
-    order first seen (a client dedups by msg_id)."""
-    seen, out = set(), []
-    for m in chat.live_messages():
-        if sender(m) == frm and m.msg_id not in seen:
-            seen.add(m.msg_id)
-            out.append(m.msg_id)
-    return out
+def no_ghost_routes(redis, user, closed):
+    """Wait until no session of `closed` has a route of user left; fail
+    with the ones that stay."""
+    def ghosts():
+        return sorted(set(routes(redis, user)) & set(closed))
 
-
-def poll(cond, timeout, interval=0.1):
-    """Poll cond() until it is true or time is up; its last value (the
-    caller asserts, with the details)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v or time.monotonic() >= deadline:
-            return v
-        time.sleep(interval)
-
-
-async def wait_for(cond, timeout, interval=0.1):
-    """poll() for coroutines."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v or time.monotonic() >= deadline:
-            return v
-        await asyncio.sleep(interval)
+    poll(lambda: not ghosts(), RECOVERY)
+    assert not ghosts(), "%d of %s's %d closed sessions still have a " \
+        "route: %s" % (len(ghosts()), user, len(closed), ghosts())
 
 
 def sign_in_raw(n, user, device, timeout=RECOVERY):
@@ -150,13 +122,6 @@ async def presence_of(n, user, watcher="carol"):
         return f.presence
     finally:
         await c.close()
-
-
-@pytest.fixture
-def fproxy(redis):
-    p = FaultProxy(redis.port)
-    yield p
-    p.close()
 
 
 # --------------------------------------------------------------------------
@@ -305,12 +270,7 @@ def test_logout_queued_when_the_link_drops_is_not_lost(nginx, redis,
 
     # settled: no route of a closed session, bob offline, and he can
     # still sign in
-    def ghosts():
-        return sorted(set(routes(redis, "bob")) & set(closed))
-
-    poll(lambda: not ghosts(), RECOVERY)
-    assert not ghosts(), "%d of bob's %d closed sessions still have a " \
-        "route: %s" % (len(ghosts()), len(closed), ghosts())
+    no_ghost_routes(redis, "bob", closed)
 
     async def go():
         p = await presence_of(nb, "bob")
@@ -371,12 +331,7 @@ def test_logout_in_flight_when_the_link_drops_is_not_lost(nginx, redis,
     finally:
         redis_cmd(redis, "CLIENT", "UNPAUSE")
 
-    def ghosts():
-        return sorted(set(routes(redis, "bob")) & set(closed))
-
-    poll(lambda: not ghosts(), RECOVERY)
-    assert not ghosts(), "%d of bob's %d closed sessions still have a " \
-        "route: %s" % (len(ghosts()), len(closed), ghosts())
+    no_ghost_routes(redis, "bob", closed)
 
     async def go():
         p = await presence_of(nb, "bob")
