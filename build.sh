@@ -43,6 +43,7 @@ packages=(
     redis-server
     python3 python3-pytest python3-websockets python3-protobuf
     python3-autobahn clang libclang-rt-14-dev llvm
+    prometheus python3-prometheus-client
 )
 
 
@@ -227,6 +228,7 @@ run_servers() {
     local dir=$build/run
     local port=${IM_PORT:-8080}
     local rport=${IM_REDIS_PORT:-6379}
+    local hport=${IM_HTTP_PORT:-8081}
     local url alice bob
 
     mkdir -p "$dir/logs"
@@ -243,7 +245,7 @@ run_servers() {
         "$top/t/conf/redis.conf" >"$dir/redis.conf"
     sed -e "s,@MODULE@,$build/ngx_stream_im_module.so,g" \
         -e "s,@PORT@,$port,g" -e "s,@REDIS@,127.0.0.1:$rport,g" \
-        -e "s,@DIR@,$dir,g" \
+        -e "s,@DIR@,$dir,g" -e "s,@HTTP_PORT@,$hport,g" \
         "$top/t/conf/nginx.conf" >"$dir/nginx.conf"
 
     /usr/sbin/nginx -t -q -p "$dir" -c "$dir/nginx.conf"
@@ -274,6 +276,12 @@ A Ping gets a Pong without a token:
     $build/imcat --url $url ping
 
 More users: $build/im-token mint --key $dir/im.key --sub carol
+
+Metrics (Prometheus) and health, on 127.0.0.1:$hport:
+
+    curl -s http://127.0.0.1:$hport/metrics
+
+    curl -si http://127.0.0.1:$hport/health
 
 Stop with Ctrl-C.
 

@@ -15,6 +15,7 @@
 #include <hiredis/hiredis.h>
 
 #include "im.pb-c.h"
+#include "ngx_stream_im_metrics.h"
 
 
 #define NGX_STREAM_IM_ID_MAX           64
@@ -71,6 +72,7 @@ typedef struct {
 
 typedef struct {
     ngx_addr_t                    *redis;      /* one per worker, shared */
+    ngx_shm_zone_t                *metrics;
     size_t                         max_frame;  /* the largest of all servers */
     ngx_flag_t                     enabled;
 } ngx_stream_im_main_conf_t;
@@ -200,6 +202,7 @@ typedef struct {
     ngx_msec_t                     start;
     ngx_msec_t                     last_in;
     ngx_msec_t                     last_ping;
+    time_t                         expires;    /* the token's exp */
 
     ngx_str_t                      user;
     ngx_str_t                      device;
@@ -305,6 +308,7 @@ void ngx_stream_im_fail(ngx_stream_im_session_t *ctx, ngx_uint_t status,
     char *reason);
 
 void ngx_stream_im_session_signed_in(ngx_stream_im_session_t *ctx);
+void ngx_stream_im_session_rearm(ngx_stream_im_session_t *ctx);
 void ngx_stream_im_session_charge(ngx_stream_im_session_t *ctx,
     size_t bytes);
 ngx_stream_im_session_t *ngx_stream_im_session_lookup(
@@ -374,6 +378,8 @@ ngx_stream_im_msg_t *ngx_stream_im_router_message(uint32_t id,
 ngx_int_t ngx_stream_im_router_range(ngx_stream_im_session_t *ctx,
     ngx_str_t *lo, ngx_str_t *hi, ngx_uint_t reverse, ngx_uint_t count,
     ngx_stream_im_redis_handler_pt handler, ngx_stream_im_ref_t *ref);
+ngx_int_t ngx_stream_im_router_auth_ok(ngx_stream_im_session_t *ctx,
+    uint32_t id);
 ngx_str_t *ngx_stream_im_router_session_id(ngx_stream_im_session_t *ctx,
     u_char *buf);
 u_char *ngx_stream_im_router_key(u_char *p, char *kind, ngx_str_t *id,

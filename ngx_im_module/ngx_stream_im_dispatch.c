@@ -45,6 +45,8 @@ static ngx_int_t ngx_stream_im_ack(ngx_stream_im_session_t *ctx,
 static ngx_int_t ngx_stream_im_sync(ngx_stream_im_session_t *ctx,
     Im__Frame *f);
 static void ngx_stream_im_synced(ngx_stream_im_ref_t *ref, redisReply *r);
+static ngx_int_t ngx_stream_im_refresh(ngx_stream_im_session_t *ctx,
+    Im__Frame *f, ngx_stream_im_claims_t *claims);
 static ngx_int_t ngx_stream_im_sync_done(ngx_stream_im_session_t *ctx,
     uint32_t id, ngx_str_t *last, ngx_uint_t more);
 static ngx_int_t ngx_stream_im_dispatch(ngx_stream_im_session_t *ctx,
@@ -180,8 +182,10 @@ ngx_stream_im_auth(ngx_stream_im_session_t *ctx, Im__Frame *f)
 
     log = ctx->session->connection->log;
 
-    if (ctx->authenticated || ctx->logging_in) {
+    if (ctx->logging_in) {
         ngx_log_error(NGX_LOG_INFO, log, 0, "client sent a second Auth");
+
+        ngx_stream_im_metrics_login(IM__ERROR__CODE__BAD_FRAME);
 
         return ngx_stream_im_send_error(ctx, f->id,
                                         IM__ERROR__CODE__BAD_FRAME,
@@ -207,6 +211,10 @@ ngx_stream_im_auth(ngx_stream_im_session_t *ctx, Im__Frame *f)
         goto failed;
     }
 
+    if (ctx->authenticated) {
+        return ngx_stream_im_refresh(ctx, f, &claims);
+    }
+
     device.data = (u_char *) f->auth->device;
     device.len = ngx_strlen(f->auth->device);
 
@@ -217,12 +225,15 @@ ngx_stream_im_auth(ngx_stream_im_session_t *ctx, Im__Frame *f)
     if (ngx_stream_im_valid_id(device.data, device.len) != NGX_OK) {
         ngx_log_error(NGX_LOG_INFO, log, 0, "client sent a bad device id");
 
+        ngx_stream_im_metrics_login(IM__ERROR__CODE__BAD_FRAME);
+
         return ngx_stream_im_send_error(ctx, f->id,
                                         IM__ERROR__CODE__BAD_FRAME,
                                         "bad device id");
     }
 
     if (!ngx_stream_im_redis_up()) {
+        ngx_stream_im_metrics_login(IM__ERROR__CODE__UNAVAILABLE);
         return ngx_stream_im_send_unavailable(ctx, f->id);
     }
 
@@ -247,12 +258,17 @@ ngx_stream_im_auth(ngx_stream_im_session_t *ctx, Im__Frame *f)
     {
         /* a retry after "unavailable" must be the same identity */
 
+        ngx_stream_im_metrics_login(IM__ERROR__CODE__BAD_FRAME);
+
         return ngx_stream_im_send_error(ctx, f->id,
                                         IM__ERROR__CODE__BAD_FRAME,
                                         "identity changed");
     }
 
+    ctx->expires = claims.exp;
+
     if (ngx_stream_im_router_login(ctx, f->id) != NGX_OK) {
+        ngx_stream_im_metrics_login(IM__ERROR__CODE__UNAVAILABLE);
         return ngx_stream_im_send_unavailable(ctx, f->id);
     }
 
@@ -261,6 +277,17 @@ ngx_stream_im_auth(ngx_stream_im_session_t *ctx, Im__Frame *f)
 failed:
 
     ngx_log_error(NGX_LOG_INFO, log, 0, "client sent a bad token: %s", err);
+
+    ngx_stream_im_metrics_login(IM__ERROR__CODE__UNAUTHENTICATED);
+
+    if (ctx->authenticated) {
+
+        /* a failed refresh: the session lasts until the old token expires */
+
+        return ngx_stream_im_send_error(ctx, f->id,
+                                        IM__ERROR__CODE__UNAUTHENTICATED,
+                                        err);
+    }
 
     if (ngx_stream_im_send_error(ctx, f->id,
                                  IM__ERROR__CODE__UNAUTHENTICATED, err)
@@ -273,6 +300,64 @@ failed:
                         "authentication failed");
 
     return NGX_OK;
+}
+
+
+/*
+ * Auth on a signed-in session: a fresh token for the same user (and
+ * device) moves the session's end to its exp, answered with AuthOk.
+ */
+
+static ngx_int_t
+ngx_stream_im_refresh(ngx_stream_im_session_t *ctx, Im__Frame *f,
+    ngx_stream_im_claims_t *claims)
+{
+    ngx_str_t   device;
+    ngx_log_t  *log;
+
+    log = ctx->session->connection->log;
+
+    device.data = (u_char *) f->auth->device;
+    device.len = ngx_strlen(f->auth->device);
+
+    if (claims->user_len != ctx->user.len
+        || ngx_memcmp(claims->user, ctx->user.data, ctx->user.len) != 0)
+    {
+        ngx_log_error(NGX_LOG_INFO, log, 0,
+                      "client sent a token of another user");
+
+        ngx_stream_im_metrics_login(IM__ERROR__CODE__FORBIDDEN);
+
+        return ngx_stream_im_send_error(ctx, f->id,
+                                        IM__ERROR__CODE__FORBIDDEN,
+                                        "token of another user");
+    }
+
+    if (device.len
+        && (device.len != ctx->device.len
+            || ngx_memcmp(device.data, ctx->device.data, device.len) != 0))
+    {
+        ngx_log_error(NGX_LOG_INFO, log, 0,
+                      "client sent Auth for another device");
+
+        ngx_stream_im_metrics_login(IM__ERROR__CODE__BAD_FRAME);
+
+        return ngx_stream_im_send_error(ctx, f->id,
+                                        IM__ERROR__CODE__BAD_FRAME,
+                                        "identity changed");
+    }
+
+    ngx_log_error(NGX_LOG_INFO, log, 0,
+                  "user \"%V\" device \"%V\" refreshed the token",
+                  &ctx->user, &ctx->device);
+
+    ctx->expires = claims->exp;
+
+    ngx_stream_im_session_rearm(ctx);
+
+    ngx_stream_im_metrics_login(0);
+
+    return ngx_stream_im_router_auth_ok(ctx, f->id);
 }
 
 
@@ -455,6 +540,10 @@ ngx_stream_im_send(ngx_stream_im_session_t *ctx, Im__Frame *f)
     args[7].len = ngx_sprintf(gmax, "%ui", iscf->group_max) - gmax;
 
     ngx_stream_im_session_ref(ctx, &ref, f->id);
+
+    /* when the Send was read, for ngx_im_send_ack_seconds */
+
+    ref.arg = ngx_stream_im_metrics_clock();
 
     if (ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_SEND, 0, NULL, 8, args,
                                  ngx_stream_im_sent, &ref)
@@ -705,7 +794,11 @@ ngx_stream_im_sent(ngx_stream_im_ref_t *ref, redisReply *r)
     f.body_case = IM__FRAME__BODY_SEND_ACK;
     f.send_ack = &ack;
 
-    (void) ngx_stream_im_send_frame(ctx, &f);
+    ngx_stream_im_metrics_count(NGX_STREAM_IM_M_STORED);
+
+    if (ngx_stream_im_send_frame(ctx, &f) == NGX_OK) {
+        ngx_stream_im_metrics_observe(NGX_STREAM_IM_M_SEND_ACK, ref->arg);
+    }
 }
 
 
@@ -905,6 +998,8 @@ ngx_stream_im_synced(ngx_stream_im_ref_t *ref, redisReply *r)
         if (ngx_stream_im_queue(ctx, msg) != NGX_OK) {
             return;
         }
+
+        ngx_stream_im_metrics_delivered(NGX_STREAM_IM_M_SYNC, 1);
 
         last = id;
     }

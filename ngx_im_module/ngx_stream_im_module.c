@@ -26,6 +26,8 @@ static char *ngx_stream_im_token_key(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_stream_im_origins(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_stream_im_metrics_zone_set(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 static char *ngx_stream_im_rate(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_int_t ngx_stream_im_init_process(ngx_cycle_t *cycle);
@@ -151,6 +153,13 @@ static ngx_command_t  ngx_stream_im_commands[] = {
       NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE123,
       ngx_stream_im_rate,
       NGX_STREAM_SRV_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("im_metrics_zone"),
+      NGX_STREAM_MAIN_CONF|NGX_CONF_TAKE2,
+      ngx_stream_im_metrics_zone_set,
+      NGX_STREAM_MAIN_CONF_OFFSET,
       0,
       NULL },
 
@@ -287,6 +296,7 @@ ngx_stream_im_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_stream_im_srv_conf_t *prev = parent;
     ngx_stream_im_srv_conf_t *conf = child;
 
+    ngx_str_t                    name;
     ngx_stream_im_main_conf_t   *imcf;
     ngx_stream_core_srv_conf_t  *cscf;
 
@@ -371,6 +381,19 @@ ngx_stream_im_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
 
     if (conf->enabled) {
         imcf->enabled = 1;
+
+        /* no im_metrics_zone: an implicit one */
+
+        if (imcf->metrics == NULL) {
+            ngx_str_set(&name, "ngx_im_metrics");
+
+            imcf->metrics = ngx_stream_im_metrics_zone(cf, &name,
+                                            NGX_STREAM_IM_METRICS_ZONE_SIZE,
+                                            &ngx_stream_im_module);
+            if (imcf->metrics == NULL) {
+                return NGX_CONF_ERROR;
+            }
+        }
     }
 
     return NGX_CONF_OK;
@@ -601,6 +624,47 @@ invalid:
 }
 
 
+/* im_metrics_zone <name> <size> */
+
+static char *
+ngx_stream_im_metrics_zone_set(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_stream_im_main_conf_t *imcf = conf;
+
+    ssize_t     size;
+    ngx_str_t  *value;
+
+    if (imcf->metrics) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    size = ngx_parse_size(&value[2]);
+
+    if (value[1].len == 0 || size == NGX_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid im_metrics_zone \"%V %V\"",
+                           &value[1], &value[2]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (size < NGX_STREAM_IM_METRICS_ZONE_MIN) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "im_metrics_zone \"%V\" is too small, at least "
+                           "%uzk", &value[1],
+                           (size_t) NGX_STREAM_IM_METRICS_ZONE_MIN / 1024);
+        return NGX_CONF_ERROR;
+    }
+
+    imcf->metrics = ngx_stream_im_metrics_zone(cf, &value[1], size,
+                                               &ngx_stream_im_module);
+
+    return imcf->metrics ? NGX_CONF_OK : NGX_CONF_ERROR;
+}
+
+
 /* im_rate off | <n>r/s [burst=<n>] [bytes=<size>] */
 
 static char *
@@ -731,6 +795,12 @@ ngx_stream_im_init_process(ngx_cycle_t *cycle)
 
     ngx_stream_im_dispatch_init_worker();
 
+    if (ngx_stream_im_metrics_init_worker(imcf->metrics, cycle->log)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
     ngx_stream_im_redis_start();
 
     return NGX_OK;
@@ -746,6 +816,7 @@ ngx_stream_im_exit_process(ngx_cycle_t *cycle)
 
     if (imcf && imcf->enabled) {
         ngx_stream_im_redis_exit_worker();
+        ngx_stream_im_metrics_exit_worker();
     }
 }
 

@@ -60,6 +60,7 @@
 typedef struct {
     ngx_stream_im_redis_handler_pt  handler;
     ngx_stream_im_ref_t             ref;
+    uint32_t                        start;      /* for the roundtrip */
 } ngx_stream_im_redis_cb_t;
 
 
@@ -103,6 +104,7 @@ typedef struct {
     ngx_uint_t                      nready;
     ngx_stream_im_redis_sub_t       subs[NGX_STREAM_IM_REDIS_HANDLERS];
     ngx_stream_im_redis_ready_pt    ready[NGX_STREAM_IM_REDIS_HANDLERS];
+    ngx_uint_t                      ups;        /* times it was READY */
     ngx_msec_t                      backoff;
     ngx_event_t                     reconnect;
     ngx_event_t                     heartbeat;
@@ -642,6 +644,10 @@ ngx_stream_im_redis_loaded(ngx_stream_im_ref_t *ref, redisReply *r)
     rd->state = NGX_STREAM_IM_REDIS_READY;
     rd->backoff = NGX_STREAM_IM_REDIS_BACKOFF_MIN;
 
+    if (rd->ups++) {
+        ngx_stream_im_metrics_count(NGX_STREAM_IM_M_RECONNECTS);
+    }
+
     ngx_stream_im_redis_heartbeat_handler(&rd->heartbeat);
 
     /* the subscriptions are new and anything may have been missed */
@@ -683,6 +689,8 @@ ngx_stream_im_redis_fail(char *why)
     }
 
     rd->state = NGX_STREAM_IM_REDIS_DOWN;
+    ngx_stream_im_metrics_link(0, 0);
+
     rd->heartbeat_pending = 0;
     rd->pong_pending = 0;
     rd->alive_set = 0;
@@ -756,6 +764,10 @@ ngx_stream_im_redis_reconnect_handler(ngx_event_t *ev)
         return;
     }
 
+    /* /health sees a worker that retries, not one that stalled */
+
+    ngx_stream_im_metrics_link(0, 0);
+
     ngx_stream_im_redis_start_link();
 }
 
@@ -788,6 +800,10 @@ ngx_stream_im_redis_heartbeat_handler(ngx_event_t *ev)
     if (rd->state != NGX_STREAM_IM_REDIS_READY) {
         return;
     }
+
+    /* both sockets answered the last heartbeat */
+
+    ngx_stream_im_metrics_link(1, 1);
 
     ngx_str_set(&argv[0], "PING");
 
@@ -1018,6 +1034,8 @@ ngx_stream_im_redis_reply(ngx_stream_im_redis_conn_t *rc, redisReply *r)
 
     rc->cb_head = (rc->cb_head + 1) & (rc->cb_size - 1);
     rc->cb_count--;
+
+    ngx_stream_im_metrics_observe(NGX_STREAM_IM_M_ROUNDTRIP, cb.start);
 
     if (r->type == REDIS_REPLY_ERROR
         && ngx_strncmp(r->str, "NOSCRIPT", 8) == 0)
@@ -1326,6 +1344,7 @@ ngx_stream_im_redis_push_cb(ngx_stream_im_redis_conn_t *rc,
     cb = &rc->cbs[(rc->cb_head + rc->cb_count) & (rc->cb_size - 1)];
 
     cb->handler = handler;
+    cb->start = ngx_stream_im_metrics_clock();
 
     if (ref) {
         cb->ref = *ref;

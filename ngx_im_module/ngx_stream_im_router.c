@@ -300,12 +300,7 @@ ngx_stream_im_router_reregister(ngx_stream_im_session_t *ctx)
 static void
 ngx_stream_im_router_logged_in(ngx_stream_im_ref_t *ref, redisReply *r)
 {
-    Im__Frame                  f;
-    Im__AuthOk                 ok;
-    ngx_str_t                 *sid;
-    ngx_stream_im_session_t   *ctx;
-    ngx_stream_im_srv_conf_t  *iscf;
-    u_char                     buf[NGX_STREAM_IM_SID_MAX + 1];
+    ngx_stream_im_session_t  *ctx;
 
     ctx = ngx_stream_im_session_lookup(ref);
 
@@ -329,6 +324,8 @@ ngx_stream_im_router_logged_in(ngx_stream_im_ref_t *ref, redisReply *r)
 
         ctx->replaying = 0;
 
+        ngx_stream_im_metrics_login(IM__ERROR__CODE__UNAVAILABLE);
+
         (void) ngx_stream_im_send_unavailable(ctx, ref->id);
         return;
     }
@@ -338,6 +335,8 @@ ngx_stream_im_router_logged_in(ngx_stream_im_ref_t *ref, redisReply *r)
 
         ngx_log_error(NGX_LOG_INFO, ctx->session->connection->log, 0,
                       "user \"%V\" has too many sessions", &ctx->user);
+
+        ngx_stream_im_metrics_login(IM__ERROR__CODE__FORBIDDEN);
 
         if (ngx_stream_im_send_error(ctx, ref->id,
                                      IM__ERROR__CODE__FORBIDDEN,
@@ -360,6 +359,29 @@ ngx_stream_im_router_logged_in(ngx_stream_im_ref_t *ref, redisReply *r)
 
     ngx_stream_im_session_signed_in(ctx);
 
+    if (ngx_stream_im_router_auth_ok(ctx, ref->id) != NGX_OK) {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, ctx->session->connection->log, 0,
+                  "user \"%V\" device \"%V\" signed in",
+                  &ctx->user, &ctx->device);
+
+    ngx_stream_im_router_replay(ctx);
+}
+
+
+/* AuthOk, after a login or a refresh: the same session id */
+
+ngx_int_t
+ngx_stream_im_router_auth_ok(ngx_stream_im_session_t *ctx, uint32_t id)
+{
+    Im__Frame                  f;
+    Im__AuthOk                 ok;
+    ngx_str_t                 *sid;
+    ngx_stream_im_srv_conf_t  *iscf;
+    u_char                     buf[NGX_STREAM_IM_SID_MAX + 1];
+
     iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
 
     sid = ngx_stream_im_router_session_id(ctx, buf);
@@ -372,20 +394,13 @@ ngx_stream_im_router_logged_in(ngx_stream_im_ref_t *ref, redisReply *r)
     ok.session = (char *) sid->data;
     ok.ping_interval_ms = iscf->ping_interval;
     ok.max_frame = iscf->max_frame;
+    ok.expires_at_ms = (uint64_t) ctx->expires * 1000;
 
-    f.id = ref->id;
+    f.id = id;
     f.body_case = IM__FRAME__BODY_AUTH_OK;
     f.auth_ok = &ok;
 
-    if (ngx_stream_im_send_frame(ctx, &f) != NGX_OK) {
-        return;
-    }
-
-    ngx_log_error(NGX_LOG_INFO, ctx->session->connection->log, 0,
-                  "user \"%V\" device \"%V\" signed in",
-                  &ctx->user, &ctx->device);
-
-    ngx_stream_im_router_replay(ctx);
+    return ngx_stream_im_send_frame(ctx, &f);
 }
 
 
@@ -732,6 +747,8 @@ ngx_stream_im_router_page(ngx_stream_im_ref_t *ref, redisReply *r)
             return;
         }
 
+        ngx_stream_im_metrics_delivered(NGX_STREAM_IM_M_REPLAY, 1);
+
         ctx->last = mid;
     }
 
@@ -982,6 +999,8 @@ ngx_stream_im_router_fanout(ngx_str_t *name, ngx_stream_im_msg_t *msg,
             continue;
         }
 
+        ngx_stream_im_metrics_delivered(NGX_STREAM_IM_M_LIVE, 1);
+
         ctx->last = *mid;
     }
 }
@@ -999,6 +1018,10 @@ ngx_stream_im_router_ready(ngx_uint_t fresh)
     ngx_stream_im_epoch++;
 
     ngx_stream_im_resync_next = ngx_queue_head(&ngx_stream_im_users_all);
+
+    /* /health: not current until every route is set again */
+
+    ngx_stream_im_metrics_routes(0);
 
     if (ngx_stream_im_resync_ev.timer_set) {
         ngx_del_timer(&ngx_stream_im_resync_ev);
@@ -1098,6 +1121,8 @@ ngx_stream_im_router_resync(ngx_event_t *ev)
     }
 
     ngx_stream_im_resync_next = NULL;
+
+    ngx_stream_im_metrics_routes(1);
 
     return;
 

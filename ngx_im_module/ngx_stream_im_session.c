@@ -65,6 +65,7 @@ static void ngx_stream_im_cleanup(void *data);
 static u_char               *ngx_stream_im_recv_buf;
 static ngx_stream_im_msg_t  *ngx_stream_im_ping_msg;
 static ngx_uint_t            ngx_stream_im_unauthenticated;
+static ngx_uint_t            ngx_stream_im_authenticated;
 
 /* what the files above the session registered */
 static ngx_stream_im_frame_pt    ngx_stream_im_frame_handler;
@@ -178,6 +179,8 @@ ngx_stream_im_session_handler(ngx_stream_session_t *s)
     c->write->handler = ngx_stream_im_write_handler;
 
     ngx_stream_im_unauthenticated++;
+    ngx_stream_im_metrics_sessions(ngx_stream_im_authenticated,
+                                   ngx_stream_im_unauthenticated);
 
     if (ngx_stream_im_unauthenticated > iscf->max_unauthenticated) {
         ngx_log_error(NGX_LOG_INFO, c->log, 0,
@@ -363,6 +366,21 @@ ngx_stream_im_timeout(ngx_stream_im_session_t *ctx)
         return;
     }
 
+    if (ctx->authenticated && ngx_time() >= ctx->expires) {
+        ngx_log_error(NGX_LOG_INFO, c->log, 0, "client's token expired");
+
+        if (ngx_stream_im_send_error(ctx, 0, IM__ERROR__CODE__UNAUTHENTICATED,
+                                     "token expired")
+            != NGX_OK)
+        {
+            ngx_stream_im_finalize(ctx);
+            return;
+        }
+
+        ngx_stream_im_close(ctx, NGX_STREAM_IM_CLOSE_POLICY, "token expired");
+        return;
+    }
+
     if (now - ctx->last_in >= iscf->idle_timeout) {
         ngx_log_error(NGX_LOG_INFO, c->log, 0, "client is idle");
         ngx_stream_im_close(ctx, NGX_STREAM_IM_CLOSE_GOING_AWAY,
@@ -393,7 +411,9 @@ ngx_stream_im_timeout(ngx_stream_im_session_t *ctx)
 static void
 ngx_stream_im_set_timer(ngx_stream_im_session_t *ctx)
 {
+    ngx_time_t                *tp;
     ngx_msec_t                 now, at, next;
+    ngx_msec_int_t             left;
     ngx_connection_t          *c;
     ngx_stream_im_srv_conf_t  *iscf;
 
@@ -409,6 +429,16 @@ ngx_stream_im_set_timer(ngx_stream_im_session_t *ctx)
 
     if (!ctx->authenticated) {
         at = ngx_min(at, ctx->start + iscf->auth_timeout);
+
+    } else {
+        tp = ngx_timeofday();
+        left = (ctx->expires - tp->sec) * 1000 - (ngx_msec_int_t) tp->msec;
+
+        /* the token ends first: fire just after its exp, never before */
+
+        if (left < (ngx_msec_int_t) (at - now)) {
+            at = now + (ngx_msec_t) ngx_max(left, 0) + 1;
+        }
     }
 
     next = ((ngx_msec_int_t) (at - now) > 0) ? at - now : 1;
@@ -842,6 +872,8 @@ ngx_stream_im_control(ngx_stream_im_session_t *ctx, ngx_uint_t opcode,
         code[0] = (u_char) (status >> 8);
         code[1] = (u_char) status;
 
+        ngx_stream_im_metrics_close(status);
+
         if (ngx_stream_im_send_control(ctx, NGX_STREAM_IM_WS_CLOSE, code, 2)
             != NGX_OK)
         {
@@ -883,6 +915,9 @@ ngx_stream_im_message(ngx_stream_im_session_t *ctx, u_char *data,
 
     f = ngx_stream_im_decode(ngx_stream_im_worker_arena(), data, len);
 
+    ngx_stream_im_metrics_frame(f ? (ngx_uint_t) f->body_case
+                                  : NGX_STREAM_IM_M_FRAME_INVALID);
+
     if (f == NULL) {
         ngx_log_error(NGX_LOG_INFO, ctx->session->connection->log, 0,
                       "client sent a frame that is not an im.Frame");
@@ -900,6 +935,8 @@ ngx_stream_im_message(ngx_stream_im_session_t *ctx, u_char *data,
                                             IM__ERROR__CODE__BAD_FRAME,
                                             "a string holds a NUL");
         }
+
+        ngx_stream_im_metrics_login(IM__ERROR__CODE__UNAUTHENTICATED);
 
         if (ngx_stream_im_send_error(ctx, f->id,
                                      IM__ERROR__CODE__UNAUTHENTICATED,
@@ -920,6 +957,10 @@ ngx_stream_im_message(ngx_stream_im_session_t *ctx, u_char *data,
 
         ngx_log_error(NGX_LOG_INFO, ctx->session->connection->log, 0,
                       "client is over im_rate");
+
+        if (f->body_case == IM__FRAME__BODY_AUTH) {
+            ngx_stream_im_metrics_login(IM__ERROR__CODE__RATE_LIMITED);
+        }
 
         return ngx_stream_im_send_error(ctx, f->id,
                                         IM__ERROR__CODE__RATE_LIMITED,
@@ -968,6 +1009,12 @@ ngx_stream_im_send_error(ngx_stream_im_session_t *ctx, uint32_t id,
     f.id = id;
     f.body_case = IM__FRAME__BODY_ERROR;
     f.error = &e;
+
+    ngx_stream_im_metrics_error(code);
+
+    if (code == IM__ERROR__CODE__RATE_LIMITED) {
+        ngx_stream_im_metrics_count(NGX_STREAM_IM_M_RATE_LIMITED);
+    }
 
     return ngx_stream_im_send_frame(ctx, &f);
 }
@@ -1032,6 +1079,8 @@ ngx_stream_im_close(ngx_stream_im_session_t *ctx, ngx_uint_t status,
      */
 
     ctx->state = NGX_STREAM_IM_CLOSING;
+
+    ngx_stream_im_metrics_close(status);
 
     if (ngx_stream_im_send_control(ctx, NGX_STREAM_IM_WS_CLOSE, payload,
                                    p - payload)
@@ -1204,6 +1253,8 @@ ngx_stream_im_queue(ngx_stream_im_session_t *ctx, ngx_stream_im_msg_t *msg)
 
         ngx_log_error(NGX_LOG_INFO, c->log, 0,
                       "client is too slow, im_send_queue is full");
+
+        ngx_stream_im_metrics_count(NGX_STREAM_IM_M_CUTOFFS);
 
         ctx->state = NGX_STREAM_IM_LAST_WRITE;
         ctx->overflow = 1;
@@ -1398,6 +1449,8 @@ ngx_stream_im_drain(ngx_stream_im_session_t *ctx)
         return NGX_ERROR;
     }
 
+    ngx_stream_im_metrics_count(NGX_STREAM_IM_M_GOAWAYS);
+
     /* the worker waits for this timer: the session ends in time */
 
     c->read->cancelable = 0;
@@ -1458,6 +1511,8 @@ ngx_stream_im_rate(ngx_stream_im_session_t *ctx, ngx_uint_t frames,
     ngx_log_error(NGX_LOG_INFO, ctx->session->connection->log, 0,
                   "client exceeded im_rate, cut off");
 
+    ngx_stream_im_metrics_count(NGX_STREAM_IM_M_RATE_LIMITED);
+
     ngx_stream_im_close(ctx, NGX_STREAM_IM_CLOSE_POLICY,
                         "rate limit exceeded");
 
@@ -1495,6 +1550,27 @@ ngx_stream_im_session_signed_in(ngx_stream_im_session_t *ctx)
 {
     ctx->authenticated = 1;
     ngx_stream_im_unauthenticated--;
+    ngx_stream_im_authenticated++;
+    ngx_stream_im_metrics_sessions(ngx_stream_im_authenticated,
+                                   ngx_stream_im_unauthenticated);
+    ngx_stream_im_metrics_login(0);
+
+    /* the token may end before the timer set for Auth fires */
+
+    ngx_stream_im_session_rearm(ctx);
+}
+
+
+/* the session's timer again, e.g. when its token's end moved */
+
+void
+ngx_stream_im_session_rearm(ngx_stream_im_session_t *ctx)
+{
+    /* a draining session keeps the timer that ends it */
+
+    if (ctx->state == NGX_STREAM_IM_OPEN && !ctx->draining) {
+        ngx_stream_im_set_timer(ctx);
+    }
 }
 
 
@@ -1537,9 +1613,15 @@ ngx_stream_im_cleanup(void *data)
     ngx_uint_t            i;
     ngx_stream_im_out_t  *out;
 
-    if (!ctx->authenticated) {
+    if (ctx->authenticated) {
+        ngx_stream_im_authenticated--;
+
+    } else {
         ngx_stream_im_unauthenticated--;
     }
+
+    ngx_stream_im_metrics_sessions(ngx_stream_im_authenticated,
+                                   ngx_stream_im_unauthenticated);
 
     for (i = 0; i < ngx_stream_im_nclose; i++) {
         ngx_stream_im_close_handlers[i](ctx);

@@ -955,7 +955,7 @@ async def sc_groups(h):
                ("typing bad", dict(typing={"to": TOO_LONG}),
                 ("Error BAD_FRAME",)),
                ("second Auth", dict(auth={"token": h.tokens["h1"]}),
-                ("Error BAD_FRAME",))]
+                ("auth_ok", "Error FORBIDDEN", "Error BAD_FRAME"))]
         for name, req, want in h.rng.sample(ops, h.rng.randint(2,
                                                                len(ops))):
             id = h.nid()

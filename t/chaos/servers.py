@@ -9,6 +9,8 @@ import os
 import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "integration"))
@@ -22,6 +24,10 @@ CONF = ("im_drain_window 3s; im_auth_timeout 10s; im_ping_interval 5s; "
         "im_presence_max 200; im_max_sessions_per_user 16; "
         "im_rate 100r/s burst=200 bytes=1m; im_group_max_members 500; ")
 MAIN = "worker_rlimit_nofile 8192;"
+# im_metrics and im_health of a node, checked at the end of the run
+HTTP = ("http { access_log off; server { listen 127.0.0.1:%d; "
+        "location = /metrics { im_metrics; } "
+        "location = /health { im_health; } } }")
 
 
 class Cluster:
@@ -35,6 +41,7 @@ class Cluster:
         self.redis = None
         self.proxy = None
         self.nodes = {}
+        self.http_ports = {}
         self.slow_port = None
 
     def start(self):
@@ -44,18 +51,30 @@ class Cluster:
         self.redis.start()
         self.proxy = FaultProxy(self.redis.port)
         self.slow_port = imtest.free_port()
+        self.http_ports = {"A": imtest.free_port(), "B": imtest.free_port()}
         a = imtest.Nginx(os.path.join(self.root, "nodeA"), self.proxy.addr,
                          CONF + "listen 127.0.0.1:%d sndbuf=4k;"
-                         % self.slow_port, workers=2, main_directives=MAIN,
+                         % self.slow_port, workers=2,
+                         main_directives=MAIN + HTTP % self.http_ports["A"],
                          module=self.module)
         b = imtest.Nginx(os.path.join(self.root, "nodeB"), self.redis.addr,
                          CONF + "im_token_key %s;" % os.path.join(
                              a.dir, "im.pub"), workers=1,
-                         main_directives=MAIN, module=self.module)
+                         main_directives=MAIN + HTTP % self.http_ports["B"],
+                         module=self.module)
         self.nodes = {"A": a, "B": b}
         a.start(timeout=30)
         b.start(timeout=30)
         return self
+
+    def http_get(self, node, path, timeout=5):
+        """(status, body text) of GET path on the node's http server."""
+        url = "http://127.0.0.1:%d%s" % (self.http_ports[node], path)
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
 
     def token(self, user, exp=3600, footer=b"", **claims):
         return imtest.mint_token(self.nodes["A"].token_seed, sub=user,

@@ -10,6 +10,8 @@ owns, and every wait is bounded by a timeout.
     Nginx           a real nginx master+workers with the module loaded
     nginx_conf()    the nginx.conf text the tests use
     nginx_test()    `nginx -t` on a config: (ok, output)
+    http_block()    an nginx `http { ... }` block (im_metrics, im_health)
+    http_get()      one loopback HTTP request: (status, headers, body)
     ws_connect()    websockets.connect with small timeouts
     frame(), encode(), decode(), send_frame(), recv_frame()
     ws_frame()      raw bytes of one client WebSocket frame (any defect)
@@ -371,6 +373,60 @@ def nginx_test(conf_path, prefix=None, timeout=30):
                        capture_output=True, text=True, timeout=timeout,
                        stdin=subprocess.DEVNULL)
     return r.returncode == 0, r.stdout + r.stderr
+
+
+HTTP_TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+
+
+def http_block(port, locations, server_directives="", http_directives=""):
+    """The text of an nginx `http { ... }` block, for main_directives=:
+    one server on 127.0.0.1:port whose locations map a path to the
+    directives inside it, e.g. {"/metrics": "im_metrics;", "/health":
+    "im_health;"} (a list of pairs keeps duplicates and order).  No
+    access log; the temporary directories are relative to the prefix
+    (the test's directory), so nothing is written outside it."""
+    items = locations.items() if hasattr(locations, "items") else locations
+    lines = ["http {",
+             "    access_log off;",
+             "    " + http_directives]
+    lines += ["    %s_temp_path http_%s_temp;" % (t, t)
+              for t in HTTP_TEMP_PATHS]
+    lines += ["    server {",
+              "        listen 127.0.0.1:%d;" % port,
+              "        " + server_directives]
+    for path, directives in items:
+        lines += ["        location %s {" % path,
+                  "            %s" % directives,
+                  "        }"]
+    lines += ["    }", "}", ""]
+    return "\n".join(lines)
+
+
+def http_get(port, path, method="GET", data=None, headers=None, timeout=10):
+    """One HTTP request to 127.0.0.1:port (never through a proxy of the
+    environment): (status, {name.lower(): value}, body bytes).  Error
+    statuses (4xx, 5xx) are returned like any other; a connection that
+    fails or times out raises OSError."""
+    import urllib.error
+    import urllib.request
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    req = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path),
+                                 data=data, method=method,
+                                 headers=headers or {})
+    try:
+        with opener.open(req, timeout=timeout) as r:
+            status, hdrs, content = r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        status, hdrs = e.code, e.headers
+        try:
+            content = e.read()
+        finally:
+            e.close()
+    out = {}
+    for name, value in hdrs.items():
+        name = name.lower()
+        out[name] = (out[name] + ", " + value) if name in out else value
+    return status, out, content
 
 
 class Nginx:

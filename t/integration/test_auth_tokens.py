@@ -357,16 +357,27 @@ def test_send_before_auth_stores_nothing(nginx, redis):
     assert redis_cmd(redis, "EXISTS", "im:{u:bob}:inbox") == 0
 
 
-def test_second_auth_is_bad_frame(nginx):
+def test_second_auth_refreshes_or_is_refused(nginx):
+    """Auth on a signed-in session is a token refresh: alice's fresh token
+    gets AuthOk (the same session), mallory's Error{FORBIDDEN}, garbage
+    Error{UNAUTHENTICATED}; the session stays alice's and open (more in
+    test_token_lifetime.py)."""
     n = nginx()
     with RawChat(n.port) as c:
         f = c.auth(n.token("alice"))
         assert body(f) == "auth_ok", f
-        for tok in (n.token("alice"), n.token("mallory"), "garbage"):
+        session = f.auth_ok.session
+        for tok, want in ((n.token("alice"), None),
+                          (n.token("mallory"), "FORBIDDEN"),
+                          ("garbage", "UNAUTHENTICATED")):
             id = next_id()
             c.send_pb(frame(id=id, auth={"token": tok}))
-            c.expect_error(id, "BAD_FRAME")
-        n.wait_log(r"\[info\] .*client sent a second Auth")
+            if want is None:
+                f = c.reply(id)
+                assert body(f) == "auth_ok", f
+                assert f.auth_ok.session == session, f
+            else:
+                c.expect_error(id, want)
         # still alice, still open: a Send is stored as from alice
         id = next_id()
         c.send_pb(frame(id=id, send={"to": "bob", "body": b"x",
