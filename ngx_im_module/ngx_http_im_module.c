@@ -21,9 +21,7 @@
 #include "ngx_stream_im_metrics.h"
 
 
-static char *ngx_http_im_metrics(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf);
-static char *ngx_http_im_health(ngx_conf_t *cf, ngx_command_t *cmd,
+static char *ngx_http_im_handler_set(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_int_t ngx_http_im_metrics_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_im_health_handler(ngx_http_request_t *r);
@@ -36,17 +34,17 @@ static ngx_command_t  ngx_http_im_commands[] = {
 
     { ngx_string("im_metrics"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
-      ngx_http_im_metrics,
+      ngx_http_im_handler_set,
       0,
       0,
-      NULL },
+      ngx_http_im_metrics_handler },
 
     { ngx_string("im_health"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
-      ngx_http_im_health,
+      ngx_http_im_handler_set,
       0,
       0,
-      NULL },
+      ngx_http_im_health_handler },
 
       ngx_null_command
 };
@@ -83,8 +81,10 @@ ngx_module_t  ngx_http_im_module = {
 };
 
 
+/* im_metrics, im_health: the location's content handler is in cmd->post */
+
 static char *
-ngx_http_im_metrics(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+ngx_http_im_handler_set(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_core_loc_conf_t  *clcf;
 
@@ -94,24 +94,7 @@ ngx_http_im_metrics(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return "is duplicate";
     }
 
-    clcf->handler = ngx_http_im_metrics_handler;
-
-    return NGX_CONF_OK;
-}
-
-
-static char *
-ngx_http_im_health(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
-{
-    ngx_http_core_loc_conf_t  *clcf;
-
-    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
-
-    if (clcf->handler) {
-        return "is duplicate";
-    }
-
-    clcf->handler = ngx_http_im_health_handler;
+    clcf->handler = (ngx_http_handler_pt) cmd->post;
 
     return NGX_CONF_OK;
 }

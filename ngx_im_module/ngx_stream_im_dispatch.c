@@ -355,7 +355,7 @@ ngx_stream_im_refresh(ngx_stream_im_session_t *ctx, Im__Frame *f,
 
     ngx_stream_im_session_rearm(ctx);
 
-    ngx_stream_im_metrics_login(0);
+    ngx_stream_im_metrics_login(NGX_STREAM_IM_M_REFRESH);
 
     return ngx_stream_im_router_auth_ok(ctx, f->id);
 }

@@ -12,7 +12,10 @@
  * only its own, and readers sum the slots of the workers that still
  * run, so a worker that was killed takes its gauges along.  Slots are
  * claimed under the zone's mutex at worker start and given back at
- * exit; a dead worker's slot is taken over by the next one.
+ * exit; every claim clears the slots of workers that died, so a pid
+ * reused later does not bring a dead worker back.  A worker that found
+ * no free slot (more than 128 workers, old ones still draining) tries
+ * again at each heartbeat, and /health fails while one is unseen.
  *
  * The zone outlives a reload (same name and size): counters go on.
  */
@@ -31,6 +34,12 @@
 #define NGX_STREAM_IM_M_BUCKETS  14
 #define NGX_STREAM_IM_M_CLOSES   9               /* 8 codes, then others */
 
+/* a new worker's first seconds: its links come up while others serve */
+#define NGX_STREAM_IM_M_STARTING 10000
+
+/* a resync after a ready takes a moment; a longer one is a fault */
+#define NGX_STREAM_IM_M_RESYNC   3000
+
 
 typedef struct {
     ngx_atomic_t                  bucket[NGX_STREAM_IM_M_BUCKETS + 1];
@@ -40,12 +49,15 @@ typedef struct {
 
 typedef struct {
     ngx_pid_t                     pid;
+    ngx_msec_t                    claimed;
     ngx_msec_t                    updated;
+    ngx_msec_t                    stale;      /* routes stale since */
     ngx_uint_t                    authenticated;
     ngx_uint_t                    unauthenticated;
     unsigned                      command:1;
     unsigned                      subscriber:1;
     unsigned                      routes:1;
+    unsigned                      ready:1;    /* healthy at least once */
 } ngx_stream_im_worker_t;
 
 
@@ -54,7 +66,8 @@ typedef struct {
     uint32_t                      size;
     ngx_atomic_t                  counter[NGX_STREAM_IM_M_COUNTERS];
     ngx_atomic_t                  frames[NGX_STREAM_IM_M_FRAME_TYPES + 1];
-    ngx_atomic_t                  logins[NGX_STREAM_IM_M_CODES];
+    ngx_atomic_t                  logins[NGX_STREAM_IM_M_CODES + 1];
+    ngx_atomic_t                  unslotted;  /* workers without a slot */
     ngx_atomic_t                  errors[NGX_STREAM_IM_M_CODES];
     ngx_atomic_t                  closes[NGX_STREAM_IM_M_CLOSES];
     ngx_atomic_t                  delivered[3];
@@ -65,10 +78,13 @@ typedef struct {
 
 static ngx_int_t ngx_stream_im_metrics_init_zone(ngx_shm_zone_t *zone,
     void *data);
-static ngx_stream_im_worker_t *ngx_stream_im_metrics_claim(
-    ngx_slab_pool_t *shpool);
-static ngx_uint_t ngx_stream_im_metrics_running(ngx_stream_im_worker_t *w);
+static ngx_int_t ngx_stream_im_metrics_claim(void);
+static ngx_uint_t ngx_stream_im_metrics_running(ngx_pid_t pid);
+static ngx_uint_t ngx_stream_im_metrics_workers(ngx_stream_im_worker_t *copy);
 static ngx_uint_t ngx_stream_im_metrics_stalled(ngx_stream_im_worker_t *w);
+static ngx_uint_t ngx_stream_im_metrics_starting(ngx_stream_im_worker_t *w);
+static ngx_uint_t ngx_stream_im_metrics_resyncing(
+    ngx_stream_im_worker_t *w);
 static ngx_uint_t ngx_stream_im_metrics_healthy(ngx_stream_im_worker_t *w);
 static u_char *ngx_stream_im_metrics_family(u_char *p, u_char *last,
     char *name, char *type, char *help);
@@ -79,6 +95,7 @@ static u_char *ngx_stream_im_metrics_histogram(u_char *p, u_char *last,
 
 
 static ngx_stream_im_metrics_t  *ngx_stream_im_metrics;
+static ngx_slab_pool_t          *ngx_stream_im_metrics_shpool;
 static ngx_stream_im_worker_t   *ngx_stream_im_metrics_self;
 
 
@@ -169,44 +186,57 @@ ngx_stream_im_metrics_init_zone(ngx_shm_zone_t *zone, void *data)
 ngx_int_t
 ngx_stream_im_metrics_init_worker(ngx_shm_zone_t *zone, ngx_log_t *log)
 {
-    ngx_slab_pool_t  *shpool;
-
     ngx_stream_im_metrics = zone->data;
+    ngx_stream_im_metrics_shpool = (ngx_slab_pool_t *) zone->shm.addr;
 
-    shpool = (ngx_slab_pool_t *) zone->shm.addr;
+    if (ngx_stream_im_metrics_claim() != NGX_OK) {
+        (void) ngx_atomic_fetch_add(&ngx_stream_im_metrics->unslotted, 1);
 
-    ngx_shmtx_lock(&shpool->mutex);
-    ngx_stream_im_metrics_self = ngx_stream_im_metrics_claim(shpool);
-    ngx_shmtx_unlock(&shpool->mutex);
-
-    if (ngx_stream_im_metrics_self == NULL) {
         ngx_log_error(NGX_LOG_WARN, log, 0,
-                      "im metrics: more than %d workers, this one is not "
-                      "shown by im_health", NGX_STREAM_IM_M_WORKERS);
+                      "im metrics: all %d worker slots are taken, "
+                      "trying again at each heartbeat",
+                      NGX_STREAM_IM_M_WORKERS);
     }
 
     return NGX_OK;
 }
 
 
-static ngx_stream_im_worker_t *
-ngx_stream_im_metrics_claim(ngx_slab_pool_t *shpool)
+/* a slot for this worker; the slots of dead workers are cleared */
+
+static ngx_int_t
+ngx_stream_im_metrics_claim(void)
 {
     ngx_uint_t               i;
-    ngx_stream_im_worker_t  *w;
+    ngx_stream_im_worker_t  *w, *free;
+
+    free = NULL;
+
+    ngx_shmtx_lock(&ngx_stream_im_metrics_shpool->mutex);
 
     for (i = 0; i < NGX_STREAM_IM_M_WORKERS; i++) {
         w = &ngx_stream_im_metrics->worker[i];
 
-        if (w->pid == 0 || !ngx_stream_im_metrics_running(w)) {
+        if (w->pid && !ngx_stream_im_metrics_running(w->pid)) {
             ngx_memzero(w, sizeof(ngx_stream_im_worker_t));
-            w->pid = ngx_pid;
-            w->updated = ngx_current_msec;
-            return w;
+        }
+
+        if (w->pid == 0 && free == NULL) {
+            free = w;
         }
     }
 
-    return NULL;
+    if (free) {
+        free->pid = ngx_pid;
+        free->claimed = ngx_current_msec;
+        free->updated = ngx_current_msec;
+    }
+
+    ngx_shmtx_unlock(&ngx_stream_im_metrics_shpool->mutex);
+
+    ngx_stream_im_metrics_self = free;
+
+    return free ? NGX_OK : NGX_DECLINED;
 }
 
 
@@ -216,14 +246,19 @@ ngx_stream_im_metrics_exit_worker(void)
     if (ngx_stream_im_metrics_self) {
         ngx_stream_im_metrics_self->pid = 0;
         ngx_stream_im_metrics_self = NULL;
+
+    } else if (ngx_stream_im_metrics) {
+        (void) ngx_atomic_fetch_add(&ngx_stream_im_metrics->unslotted, -1);
     }
 }
 
 
+/* every worker runs as the same user: EPERM is another user's process */
+
 static ngx_uint_t
-ngx_stream_im_metrics_running(ngx_stream_im_worker_t *w)
+ngx_stream_im_metrics_running(ngx_pid_t pid)
 {
-    return w->pid != 0 && (kill(w->pid, 0) == 0 || ngx_errno == NGX_EPERM);
+    return pid != 0 && kill(pid, 0) == 0;
 }
 
 
@@ -247,12 +282,15 @@ ngx_stream_im_metrics_frame(ngx_uint_t type)
 }
 
 
-/* 0: signed in; else the im.Error.Code that refused the Auth */
+/*
+ * 0: signed in; NGX_STREAM_IM_M_REFRESH: a token refreshed; else the
+ * im.Error.Code that refused the Auth
+ */
 
 void
 ngx_stream_im_metrics_login(ngx_uint_t code)
 {
-    if (ngx_stream_im_metrics && code < NGX_STREAM_IM_M_CODES) {
+    if (ngx_stream_im_metrics && code <= NGX_STREAM_IM_M_REFRESH) {
         (void) ngx_atomic_fetch_add(&ngx_stream_im_metrics->logins[code], 1);
     }
 }
@@ -350,10 +388,29 @@ ngx_stream_im_metrics_sessions(ngx_uint_t authenticated,
 void
 ngx_stream_im_metrics_link(ngx_uint_t command, ngx_uint_t subscriber)
 {
-    if (ngx_stream_im_metrics_self) {
-        ngx_stream_im_metrics_self->command = command;
-        ngx_stream_im_metrics_self->subscriber = subscriber;
-        ngx_stream_im_metrics_self->updated = ngx_current_msec;
+    ngx_stream_im_worker_t  *w;
+
+    if (ngx_stream_im_metrics_self == NULL) {
+
+        /* no slot at start: maybe the old workers have gone since */
+
+        if (ngx_stream_im_metrics == NULL
+            || ngx_stream_im_metrics_claim() != NGX_OK)
+        {
+            return;
+        }
+
+        (void) ngx_atomic_fetch_add(&ngx_stream_im_metrics->unslotted, -1);
+    }
+
+    w = ngx_stream_im_metrics_self;
+
+    w->command = command;
+    w->subscriber = subscriber;
+    w->updated = ngx_current_msec;
+
+    if (ngx_stream_im_metrics_healthy(w)) {
+        w->ready = 1;
     }
 }
 
@@ -361,9 +418,44 @@ ngx_stream_im_metrics_link(ngx_uint_t command, ngx_uint_t subscriber)
 void
 ngx_stream_im_metrics_routes(ngx_uint_t current)
 {
-    if (ngx_stream_im_metrics_self) {
-        ngx_stream_im_metrics_self->routes = current;
+    ngx_stream_im_worker_t  *w;
+
+    w = ngx_stream_im_metrics_self;
+
+    if (w) {
+        if (w->routes && !current) {
+            w->stale = ngx_current_msec;
+        }
+
+        w->routes = current;
+
+        if (ngx_stream_im_metrics_healthy(w)) {
+            w->ready = 1;
+        }
     }
+}
+
+
+/* the running workers' slots, copied once: one answer sees one state */
+
+static ngx_uint_t
+ngx_stream_im_metrics_workers(ngx_stream_im_worker_t *copy)
+{
+    ngx_uint_t               i, n;
+    ngx_stream_im_worker_t  *w;
+
+    n = 0;
+
+    for (i = 0; i < NGX_STREAM_IM_M_WORKERS; i++) {
+        w = &ngx_stream_im_metrics->worker[i];
+        copy[n] = *w;
+
+        if (ngx_stream_im_metrics_running(copy[n].pid)) {
+            n++;
+        }
+    }
+
+    return n;
 }
 
 
@@ -379,10 +471,10 @@ ngx_stream_im_metrics_text_size(void)
 u_char *
 ngx_stream_im_metrics_text(u_char *p, u_char *last)
 {
-    ngx_uint_t                       i, auth, unauth;
+    ngx_uint_t                       i, n, auth, unauth;
     const ProtobufCFieldDescriptor  *fd;
-    ngx_stream_im_worker_t          *w;
     ngx_stream_im_metrics_t         *m;
+    ngx_stream_im_worker_t           w[NGX_STREAM_IM_M_WORKERS];
 
     p = ngx_stream_im_metrics_family(p, last, "ngx_im_build_info", "gauge",
                                      "The ngx_im module's version.");
@@ -395,16 +487,14 @@ ngx_stream_im_metrics_text(u_char *p, u_char *last)
         return p;
     }
 
+    n = ngx_stream_im_metrics_workers(w);
+
     auth = 0;
     unauth = 0;
 
-    for (i = 0; i < NGX_STREAM_IM_M_WORKERS; i++) {
-        w = &m->worker[i];
-
-        if (ngx_stream_im_metrics_running(w)) {
-            auth += w->authenticated;
-            unauth += w->unauthenticated;
-        }
+    for (i = 0; i < n; i++) {
+        auth += w[i].authenticated;
+        unauth += w[i].unauthenticated;
     }
 
     p = ngx_stream_im_metrics_family(p, last, "ngx_im_sessions", "gauge",
@@ -416,13 +506,16 @@ ngx_stream_im_metrics_text(u_char *p, u_char *last)
 
     p = ngx_stream_im_metrics_family(p, last, "ngx_im_logins_total",
                                      "counter", "Auth frames answered, by "
-                                     "result (ok or the refusal's code).");
+                                     "result (ok, refresh or the refusal's "
+                                     "code).");
 
-    for (i = 0; i < NGX_STREAM_IM_M_CODES; i++) {
+    for (i = 0; i <= NGX_STREAM_IM_M_REFRESH; i++) {
         if (i == 0 || m->logins[i]) {
             p = ngx_slprintf(p, last, "ngx_im_logins_total{result=\"");
-            p = i ? ngx_stream_im_metrics_code_name(p, last, i)
-                  : ngx_slprintf(p, last, "ok");
+            p = (i == 0) ? ngx_slprintf(p, last, "ok")
+                : (i == NGX_STREAM_IM_M_REFRESH)
+                  ? ngx_slprintf(p, last, "refresh")
+                  : ngx_stream_im_metrics_code_name(p, last, i);
             p = ngx_slprintf(p, last, "\"} %uA\n", m->logins[i]);
         }
     }
@@ -506,13 +599,9 @@ ngx_stream_im_metrics_text(u_char *p, u_char *last)
                                      "1 when the worker's Redis command and "
                                      "subscriber links are up.");
 
-    for (i = 0; i < NGX_STREAM_IM_M_WORKERS; i++) {
-        w = &m->worker[i];
-
-        if (ngx_stream_im_metrics_running(w)) {
-            p = ngx_slprintf(p, last, "ngx_im_redis_up{worker=\"%P\"} %d\n",
-                             w->pid, (w->command && w->subscriber) ? 1 : 0);
-        }
+    for (i = 0; i < n; i++) {
+        p = ngx_slprintf(p, last, "ngx_im_redis_up{worker=\"%P\"} %d\n",
+                         w[i].pid, (w[i].command && w[i].subscriber) ? 1 : 0);
     }
 
     p = ngx_stream_im_metrics_histogram(p, last, "ngx_im_send_ack_seconds",
@@ -591,14 +680,17 @@ ngx_stream_im_metrics_health_size(void)
 }
 
 
-/* *ok: every running worker's links are up and its routes are current */
+/*
+ * *ok: every running worker's links are up and its routes are current,
+ * but for one that is just starting while another one serves
+ */
 
 u_char *
 ngx_stream_im_metrics_health(u_char *p, u_char *last, ngx_uint_t *ok)
 {
-    ngx_uint_t                i, n, good;
-    ngx_stream_im_worker_t   *w;
+    ngx_uint_t                i, n, good, serving, unslotted;
     ngx_stream_im_metrics_t  *m;
+    ngx_stream_im_worker_t    w[NGX_STREAM_IM_M_WORKERS];
 
     m = ngx_stream_im_metrics;
 
@@ -609,40 +701,47 @@ ngx_stream_im_metrics_health(u_char *p, u_char *last, ngx_uint_t *ok)
                             "configuration\"}\n");
     }
 
-    n = 0;
+    n = ngx_stream_im_metrics_workers(w);
+    unslotted = m->unslotted;
+
     good = 1;
+    serving = 0;
 
-    for (i = 0; i < NGX_STREAM_IM_M_WORKERS; i++) {
-        w = &m->worker[i];
+    for (i = 0; i < n; i++) {
+        if (ngx_stream_im_metrics_healthy(&w[i])) {
+            serving++;
 
-        if (ngx_stream_im_metrics_running(w)) {
-            n++;
-            good = good && ngx_stream_im_metrics_healthy(w);
+        } else if (!ngx_stream_im_metrics_starting(&w[i])) {
+            good = 0;
         }
     }
 
-    *ok = (good && n > 0);
+    *ok = (good && serving && unslotted == 0);
 
-    p = ngx_slprintf(p, last, "{\"status\":\"%s\",\"workers\":[",
-                     *ok ? "ok" : "unavailable");
+    p = ngx_slprintf(p, last, "{\"status\":\"%s\",", *ok ? "ok"
+                                                        : "unavailable");
 
-    n = 0;
+    if (unslotted) {
+        p = ngx_slprintf(p, last, "\"unseen_workers\":%ui,", unslotted);
+    }
 
-    for (i = 0; i < NGX_STREAM_IM_M_WORKERS; i++) {
-        w = &m->worker[i];
+    p = ngx_slprintf(p, last, "\"workers\":[");
 
-        if (!ngx_stream_im_metrics_running(w)) {
-            continue;
-        }
-
+    for (i = 0; i < n; i++) {
         p = ngx_slprintf(p, last, "%s{\"pid\":%P,\"command\":\"%s\","
                          "\"subscriber\":\"%s\",\"routes\":\"%s\","
-                         "\"stalled\":%s}",
-                         n++ ? "," : "", w->pid,
-                         w->command ? "up" : "down",
-                         w->subscriber ? "up" : "down",
-                         w->routes ? "current" : "stale",
-                         ngx_stream_im_metrics_stalled(w) ? "true" : "false");
+                         "\"stalled\":%s,\"starting\":%s}",
+                         i ? "," : "", w[i].pid,
+                         w[i].command ? "up" : "down",
+                         w[i].subscriber ? "up" : "down",
+                         w[i].routes ? "current"
+                         : ngx_stream_im_metrics_resyncing(&w[i])
+                           ? "resyncing" : "stale",
+                         ngx_stream_im_metrics_stalled(&w[i])
+                         ? "true" : "false",
+                         (!ngx_stream_im_metrics_healthy(&w[i])
+                          && ngx_stream_im_metrics_starting(&w[i]))
+                         ? "true" : "false");
     }
 
     return ngx_slprintf(p, last, "]}\n");
@@ -657,9 +756,32 @@ ngx_stream_im_metrics_stalled(ngx_stream_im_worker_t *w)
 }
 
 
+/* never ready yet and young: its links are still coming up */
+
+static ngx_uint_t
+ngx_stream_im_metrics_starting(ngx_stream_im_worker_t *w)
+{
+    return !w->ready
+           && (ngx_msec_int_t) (ngx_current_msec - w->claimed)
+              < NGX_STREAM_IM_M_STARTING;
+}
+
+
+/* routes being set again after a ready, for a moment */
+
+static ngx_uint_t
+ngx_stream_im_metrics_resyncing(ngx_stream_im_worker_t *w)
+{
+    return !w->routes && w->ready
+           && (ngx_msec_int_t) (ngx_current_msec - w->stale)
+              < NGX_STREAM_IM_M_RESYNC;
+}
+
+
 static ngx_uint_t
 ngx_stream_im_metrics_healthy(ngx_stream_im_worker_t *w)
 {
-    return w->command && w->subscriber && w->routes
+    return w->command && w->subscriber
+           && (w->routes || ngx_stream_im_metrics_resyncing(w))
            && !ngx_stream_im_metrics_stalled(w);
 }

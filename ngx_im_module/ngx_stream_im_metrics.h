@@ -28,8 +28,9 @@
 #define NGX_STREAM_IM_M_FRAME_TYPES      28
 #define NGX_STREAM_IM_M_FRAME_INVALID    NGX_STREAM_IM_M_FRAME_TYPES
 
-/* im.Error.Code runs 0..8 */
+/* im.Error.Code runs 0..8; after them, a token refreshed */
 #define NGX_STREAM_IM_M_CODES            9
+#define NGX_STREAM_IM_M_REFRESH          NGX_STREAM_IM_M_CODES
 
 #define NGX_STREAM_IM_M_LIVE             0
 #define NGX_STREAM_IM_M_REPLAY           1

@@ -33,6 +33,7 @@
 static void ngx_stream_im_read_handler(ngx_event_t *rev);
 static void ngx_stream_im_write_handler(ngx_event_t *wev);
 static void ngx_stream_im_timeout(ngx_stream_im_session_t *ctx);
+static ngx_msec_t ngx_stream_im_token_left(ngx_stream_im_session_t *ctx);
 static void ngx_stream_im_set_timer(ngx_stream_im_session_t *ctx);
 static ngx_int_t ngx_stream_im_read_handshake(ngx_stream_im_session_t *ctx,
     ngx_buf_t *b);
@@ -330,6 +331,25 @@ ngx_stream_im_timeout(ngx_stream_im_session_t *ctx)
     c = ctx->session->connection;
     iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
 
+    /* a token ends the session also while it drains */
+
+    if (ctx->state == NGX_STREAM_IM_OPEN && ctx->authenticated
+        && ngx_time() >= ctx->expires)
+    {
+        ngx_log_error(NGX_LOG_INFO, c->log, 0, "client's token expired");
+
+        if (ngx_stream_im_send_error(ctx, 0, IM__ERROR__CODE__UNAUTHENTICATED,
+                                     "token expired")
+            != NGX_OK)
+        {
+            ngx_stream_im_finalize(ctx);
+            return;
+        }
+
+        ngx_stream_im_close(ctx, NGX_STREAM_IM_CLOSE_POLICY, "token expired");
+        return;
+    }
+
     if (ctx->draining && ctx->state == NGX_STREAM_IM_OPEN) {
         ngx_stream_im_close(ctx, NGX_STREAM_IM_CLOSE_GOING_AWAY,
                             "server restarting");
@@ -366,21 +386,6 @@ ngx_stream_im_timeout(ngx_stream_im_session_t *ctx)
         return;
     }
 
-    if (ctx->authenticated && ngx_time() >= ctx->expires) {
-        ngx_log_error(NGX_LOG_INFO, c->log, 0, "client's token expired");
-
-        if (ngx_stream_im_send_error(ctx, 0, IM__ERROR__CODE__UNAUTHENTICATED,
-                                     "token expired")
-            != NGX_OK)
-        {
-            ngx_stream_im_finalize(ctx);
-            return;
-        }
-
-        ngx_stream_im_close(ctx, NGX_STREAM_IM_CLOSE_POLICY, "token expired");
-        return;
-    }
-
     if (now - ctx->last_in >= iscf->idle_timeout) {
         ngx_log_error(NGX_LOG_INFO, c->log, 0, "client is idle");
         ngx_stream_im_close(ctx, NGX_STREAM_IM_CLOSE_GOING_AWAY,
@@ -403,6 +408,21 @@ ngx_stream_im_timeout(ngx_stream_im_session_t *ctx)
 }
 
 
+/* ms until the session's token expires, 0 if it has */
+
+static ngx_msec_t
+ngx_stream_im_token_left(ngx_stream_im_session_t *ctx)
+{
+    ngx_time_t      *tp;
+    ngx_msec_int_t   left;
+
+    tp = ngx_timeofday();
+    left = (ctx->expires - tp->sec) * 1000 - (ngx_msec_int_t) tp->msec;
+
+    return (left > 0) ? (ngx_msec_t) left : 0;
+}
+
+
 /*
  * One timer per open session, re-armed only when it fires: reads just
  * note the time, so a busy session costs no timer operations.
@@ -411,9 +431,7 @@ ngx_stream_im_timeout(ngx_stream_im_session_t *ctx)
 static void
 ngx_stream_im_set_timer(ngx_stream_im_session_t *ctx)
 {
-    ngx_time_t                *tp;
-    ngx_msec_t                 now, at, next;
-    ngx_msec_int_t             left;
+    ngx_msec_t                 now, at, next, left;
     ngx_connection_t          *c;
     ngx_stream_im_srv_conf_t  *iscf;
 
@@ -431,13 +449,12 @@ ngx_stream_im_set_timer(ngx_stream_im_session_t *ctx)
         at = ngx_min(at, ctx->start + iscf->auth_timeout);
 
     } else {
-        tp = ngx_timeofday();
-        left = (ctx->expires - tp->sec) * 1000 - (ngx_msec_int_t) tp->msec;
+        left = ngx_stream_im_token_left(ctx);
 
         /* the token ends first: fire just after its exp, never before */
 
-        if (left < (ngx_msec_int_t) (at - now)) {
-            at = now + (ngx_msec_t) ngx_max(left, 0) + 1;
+        if (left < at - now) {
+            at = now + left + 1;
         }
     }
 
@@ -1453,6 +1470,10 @@ ngx_stream_im_drain(ngx_stream_im_session_t *ctx)
 
     /* the worker waits for this timer: the session ends in time */
 
+    if (ctx->authenticated) {
+        delay = ngx_min(delay, ngx_stream_im_token_left(ctx));
+    }
+
     c->read->cancelable = 0;
     ngx_add_timer(c->read, delay + 1);
 
@@ -1566,9 +1587,28 @@ ngx_stream_im_session_signed_in(ngx_stream_im_session_t *ctx)
 void
 ngx_stream_im_session_rearm(ngx_stream_im_session_t *ctx)
 {
-    /* a draining session keeps the timer that ends it */
+    ngx_msec_t    left;
+    ngx_event_t  *rev;
 
-    if (ctx->state == NGX_STREAM_IM_OPEN && !ctx->draining) {
+    rev = ctx->session->connection->read;
+
+    if (ctx->state == NGX_STREAM_IM_OPEN && ctx->draining) {
+
+        /* a draining session keeps its timer, unless the token ends first */
+
+        left = ctx->authenticated ? ngx_stream_im_token_left(ctx) + 1 : 0;
+
+        if (left && rev->timer_set
+            && (ngx_msec_int_t) (rev->timer.key - ngx_current_msec)
+               > (ngx_msec_int_t) left)
+        {
+            ngx_add_timer(rev, left);
+        }
+
+        return;
+    }
+
+    if (ctx->state == NGX_STREAM_IM_OPEN) {
         ngx_stream_im_set_timer(ctx);
     }
 }

@@ -12,11 +12,16 @@ Waits are bounded; nothing asserts that something was fast."""
 import json
 import os
 import signal
+import subprocess
+import threading
+import time
 
 import pytest
 
-from imtest import free_port, http_block, http_get, nginx_conf, wait_until
-from imchat import poll
+from imtest import (body, free_port, http_block, http_get, nginx_conf,
+                    wait_until)
+from imchat import RawChat, poll
+from imload import stop_and_check_log
 
 
 LOCATIONS = {"/metrics": "im_metrics;", "/health": "im_health;"}
@@ -65,26 +70,32 @@ def check_entry(w):
     """Each field of a worker entry has a value of the contract."""
     assert w.get("command") in ("up", "down"), w
     assert w.get("subscriber") in ("up", "down"), w
-    assert w.get("routes") in ("current", "stale"), w
-    assert w.get("stalled", False) in (True, False), w
+    assert w.get("routes") in ("current", "resyncing", "stale"), w
+    assert w.get("stalled") in (True, False), w
+    assert w.get("starting") in (True, False), w
 
 
 def healthy(w):
+    """Links up, routes set (or being set again for a moment), state
+    fresh."""
     check_entry(w)
     return (w["command"] == "up" and w["subscriber"] == "up"
-            and w["routes"] == "current" and not w.get("stalled", False))
+            and w["routes"] in ("current", "resyncing") and not w["stalled"])
 
 
 def check_doc(status, hdrs, doc):
     """The answer agrees with itself: 200 and "ok" exactly when every
-    worker is healthy."""
+    worker is healthy or just starting, at least one is healthy, and no
+    worker is unseen."""
     assert media_type(hdrs) == "application/json", hdrs
     assert status in (200, 503), (status, doc)
     if status == 200:
         assert doc.get("status") == "ok", doc
         ws = by_pid(doc)
         assert ws, doc
-        assert all(healthy(w) for w in ws.values()), doc
+        assert all(healthy(w) or w["starting"] for w in ws.values()), doc
+        assert any(healthy(w) for w in ws.values()), doc
+        assert "unseen_workers" not in doc, doc
     else:
         assert doc.get("status") == "unavailable", doc
 
@@ -291,3 +302,109 @@ def test_no_im_server_is_503_with_a_reason(nginx, stream):
     assert content == b"", content
     status, _, _ = http_get(hport, "/health", method="POST", data=b"{}")
     assert status == 405, status
+
+
+# --------------------------------------------------------------------------
+# the worker slots of the zone
+
+def test_reload_shows_new_workers_only_healthy_ones_fail(nginx):
+    """Probing /health every few ms through three reloads of 2 workers:
+    every answer is 200.  The new workers are "starting" until their
+    links are up, the old ones still serve meanwhile, and a resync that
+    lasts a moment is "resyncing", not a fault."""
+    n = im_nginx(nginx, workers=2)
+    wait_health(n, all_ok(n), RECOVERY, "all workers healthy")
+    seen, stop = [], threading.Event()
+
+    def probe():
+        while not stop.is_set():
+            status, hdrs, doc = health(n, timeout=5)
+            check_doc(status, hdrs, doc)
+            seen.append((status, doc))
+            time.sleep(0.005)
+
+    t = threading.Thread(target=probe)
+    t.start()
+    try:
+        for _ in range(3):
+            n.reload()
+            time.sleep(1.0)
+    finally:
+        stop.set()
+        t.join()
+    bad = [x for x in seen if x[0] != 200]
+    assert len(seen) > 50, len(seen)
+    assert not bad, "%d of %d probes not 200, e.g. %s" % (
+        len(bad), len(seen), bad[:2])
+
+
+def test_more_workers_than_slots_over_a_reload(nginx):
+    """65 workers, then a reload: for a moment 130 processes want one of
+    the 128 slots.  Those left without one say so ("unseen_workers",
+    503) and take a slot at a heartbeat once the old workers have gone:
+    then /health shows exactly the running workers, all healthy."""
+    n = im_nginx(nginx, workers=65)
+    wait_health(n, all_ok(n), 60, "65 workers healthy")
+    new = set(n.reload(timeout=60))
+    wait_until(lambda: set(n.worker_pids(all=True)) == new, 30,
+               what="the old workers gone")
+    status, doc = wait_health(n, all_ok(n), RECOVERY,
+                              "every new worker shown, all healthy")
+    assert set(by_pid(doc)) == new
+
+
+def spawn_with_pid(pid, tries=50):
+    """A `sleep` process with the given pid (through ns_last_pid, as
+    root), or None."""
+    for _ in range(tries):
+        try:
+            with open("/proc/sys/kernel/ns_last_pid", "w") as fp:
+                fp.write(str(pid - 1))
+        except OSError:
+            return None
+        p = subprocess.Popen(["sleep", "60"])
+        if p.pid == pid:
+            return p
+        p.kill()
+        p.wait()
+    return None
+
+
+def test_a_killed_workers_pid_reused_is_not_a_worker(nginx):
+    """After a reload (so that a lower slot is free), alice signs in on
+    the one worker, which is then SIGKILLed; nginx starts another.  Its
+    slot claim clears the dead worker's slot, so when an unrelated
+    process later gets the dead worker's pid, /health and /metrics do not
+    count it: no entry, sessions back at 0, 200 also 16 s later (where a
+    slot kept alive by the pid showed "stalled" and 503)."""
+    n = im_nginx(nginx, workers=1)
+    wait_health(n, all_ok(n), RECOVERY, "healthy")
+    new = n.reload()
+    wait_until(lambda: set(n.worker_pids(all=True)) == set(new), 30,
+               what="the old worker gone")
+    wait_health(n, all_ok(n), RECOVERY, "healthy after the reload")
+    victim = new[0]
+    c = RawChat(n.port)
+    assert body(c.auth(n.token("alice"))) == "auth_ok"
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: n.worker_pids() and victim not in n.worker_pids(),
+               10, what="a new worker")
+    c.close()
+    wait_health(n, all_ok(n), RECOVERY, "healthy after the respawn")
+    p = spawn_with_pid(victim)
+    if p is None:
+        pytest.skip("could not get pid %d again" % victim)
+    try:
+        for wait in (0, STALLED + 1):
+            time.sleep(wait)
+            status, hdrs, doc = health(n)
+            check_doc(status, hdrs, doc)
+            assert status == 200 and victim not in by_pid(doc), doc
+            text = http_get(n.http_port, "/metrics")[2].decode()
+            assert 'ngx_im_sessions{state="authenticated"} 0' in text, text
+            assert 'worker="%d"' % victim not in text, text
+    finally:
+        p.kill()
+        p.wait()
+    stop_and_check_log(n, allowed=[
+        r"\[alert\] \d+#\d+: worker process %d exited on signal 9" % victim])

@@ -144,3 +144,34 @@ def test_auth_while_the_first_is_in_flight_is_bad_frame(nginx):
         assert body(got[b]) == "error", got[b]
         assert got[b].error.code == error_code("BAD_FRAME"), got[b]
         assert got[b].error.reason == "already authenticated", got[b]
+
+
+def test_token_ends_a_draining_session_at_its_exp(nginx):
+    """im_drain_window 60s and six sessions whose tokens expire in 3 s;
+    nginx reloads.  Each session gets its Goaway, but is not served past
+    its token: it ends at its drain delay if that comes first (close
+    1001), else at its exp with Error{UNAUTHENTICATED, "token expired"}
+    and close 1008, not at a drain delay of up to a minute."""
+    n = nginx("im_ping_interval 30s; im_idle_timeout 60s; "
+              "im_drain_window 60s;")
+    cs = []
+    for k in range(6):
+        c = RawChat(n.port)
+        f = c.auth(n.token("u%d" % k, exp=3))
+        assert body(f) == "auth_ok", f
+        cs.append((c, f.auth_ok.expires_at_ms))
+    n.reload()
+    ends = []
+    for c, exp_ms in cs:
+        errors, (code, reason) = wait_for_expiry(c, 15)
+        at = time.time() * 1000
+        assert at < exp_ms + 5000, "closed %d ms after exp" % (at - exp_ms)
+        if code == 1001:
+            assert reason == "server restarting", reason
+        else:
+            assert (code, reason) == (1008, "token expired"), (code, reason)
+            assert [e.error.reason for e in errors] == ["token expired"]
+        ends.append(code)
+        c.close()
+    # six drain delays in a minute: most come after the 3 s tokens
+    assert 1008 in ends, ends
