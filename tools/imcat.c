@@ -29,6 +29,7 @@
 #define IMCAT_LINE_MAX     65536
 #define IMCAT_BODY_MAX     (IM_CLIENT_MESSAGE_MAX / 2)
 #define IMCAT_PING_GAP     1000
+#define IMCAT_HISTORY_ROUNDS  100000
 
 /* imcat_line() after "/quit" */
 #define IMCAT_QUIT         3
@@ -40,6 +41,8 @@ typedef struct {
     char          *token;
     char          *device;
     char          *to;            /* send: the recipient; chat: the peer */
+    char          *group;         /* send: the group instead */
+    char          *after;         /* history: start after this msg_id */
     char          *cmid;
     char          *user;          /* as AuthOk names us */
     int            timeout;       /* ms */
@@ -49,6 +52,7 @@ typedef struct {
     uint32_t       next_id;
     unsigned       pending;       /* chat: requests without a reply */
     unsigned       show:1;        /* print and ack messages */
+    unsigned       history:1;     /* only Sync's messages, no acks */
     unsigned       lost:1;        /* stdout failed */
 } imcat_t;
 
@@ -56,13 +60,15 @@ typedef struct {
 static int imcat_listen(imcat_t *ic);
 static int imcat_send(imcat_t *ic, char **args, int nargs);
 static int imcat_ping(imcat_t *ic);
+static int imcat_presence(imcat_t *ic, char **users, int nusers);
+static int imcat_history(imcat_t *ic);
 static int imcat_chat(imcat_t *ic);
 static int imcat_chat_input(imcat_t *ic, char *buf, size_t *used, int eof);
 static int imcat_line(imcat_t *ic, char *line);
 static int imcat_connect(imcat_t *ic, int auth);
 static uint32_t imcat_request(imcat_t *ic, Im__Frame *f);
-static uint32_t imcat_send_message(imcat_t *ic, char *to, u_char *body,
-    size_t len, char *cmid);
+static uint32_t imcat_send_message(imcat_t *ic, char *to, char *group,
+    u_char *body, size_t len, char *cmid);
 static Im__Frame *imcat_reply(imcat_t *ic, uint32_t id, const char *what);
 static int imcat_drain(imcat_t *ic);
 static void imcat_push(imcat_t *ic, Im__Frame *f);
@@ -83,7 +89,10 @@ static volatile sig_atomic_t  imcat_stop;
 
 static char  *imcat_synopsis =
     "usage: imcat [options] listen [--count N] [--wait SECONDS]\n"
-    "       imcat [options] send --to USER [--client-msg-id ID] [TEXT...]\n"
+    "       imcat [options] send --to USER|--group GROUP "
+    "[--client-msg-id ID] [TEXT...]\n"
+    "       imcat [options] presence USER...\n"
+    "       imcat [options] history [--after MSG_ID] [--count N]\n"
     "       imcat [options] ping [--count N]\n"
     "       imcat [options] [chat]\n";
 
@@ -99,10 +108,13 @@ static char  *imcat_help =
     "      --timeout SECONDS  bounds connect, auth and each reply "
     "(default 10)\n"
     "  -c, --count N          listen: exit after N messages; "
-    "ping: N pings\n"
+    "ping: N pings;\n"
+    "                         history: at most N messages\n"
     "  -W, --wait SECONDS     listen: stop after SECONDS (an error if\n"
     "                         --count is not reached by then)\n"
     "      --to USER          send: the recipient\n"
+    "  -g, --group GROUP      send: to the group (its members)\n"
+    "      --after MSG_ID     history: the messages after this one\n"
     "      --client-msg-id ID\n"
     "                         send: the dedup id (default random)\n"
     "  -h, --help\n"
@@ -111,6 +123,10 @@ static char  *imcat_help =
     "        it; BODY is 0x and hex unless it is printable UTF-8\n"
     "send    sends TEXT, or stdin without TEXT; prints the msg_id once\n"
     "        the server has stored the message\n"
+    "presence  prints \"presence USER online|offline[, last seen MS]\"\n"
+    "        for each USER, as the server knows it now\n"
+    "history prints the inbox (\"MSG_ID FROM -> TO: BODY\") page by\n"
+    "        page with Sync, without moving the device's cursor\n"
     "ping    times an application Ping; authenticates only with a token\n"
     "chat    reads stdin: \"@USER text\" sends to USER, plain text to the\n"
     "        last USER, \"/sync [AFTER [LIMIT]]\", \"/ping\", \"/quit\";\n"
@@ -126,6 +142,8 @@ static struct option  imcat_options[] = {
     { "count", required_argument, NULL, 'c' },
     { "wait", required_argument, NULL, 'W' },
     { "to", required_argument, NULL, 'o' },
+    { "group", required_argument, NULL, 'g' },
+    { "after", required_argument, NULL, 'a' },
     { "client-msg-id", required_argument, NULL, 'i' },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 }
@@ -150,7 +168,7 @@ main(int argc, char **argv)
 
     opterr = 0;
 
-    while ((ch = getopt_long(argc, argv, ":u:t:d:c:W:h", imcat_options,
+    while ((ch = getopt_long(argc, argv, ":u:t:d:c:W:g:h", imcat_options,
                              NULL))
            != -1)
     {
@@ -198,6 +216,14 @@ main(int argc, char **argv)
             ic.to = optarg;
             break;
 
+        case 'g':
+            ic.group = optarg;
+            break;
+
+        case 'a':
+            ic.after = optarg;
+            break;
+
         case 'i':
             ic.cmid = optarg;
             break;
@@ -225,17 +251,27 @@ main(int argc, char **argv)
     }
 
     if (strcmp(command, "listen") != 0 && strcmp(command, "send") != 0
-        && strcmp(command, "ping") != 0 && strcmp(command, "chat") != 0)
+        && strcmp(command, "ping") != 0 && strcmp(command, "chat") != 0
+        && strcmp(command, "presence") != 0
+        && strcmp(command, "history") != 0)
     {
         return imcat_usage("unknown command \"%s\"", command);
     }
 
-    if (strcmp(command, "send") != 0 && optind < argc) {
+    if (strcmp(command, "send") != 0 && strcmp(command, "presence") != 0
+        && optind < argc)
+    {
         return imcat_usage("unexpected argument \"%s\"", argv[optind]);
     }
 
-    if (strcmp(command, "send") == 0 && ic.to == NULL) {
-        return imcat_usage("send needs --to USER", NULL);
+    if (strcmp(command, "send") == 0
+        && (ic.to == NULL) == (ic.group == NULL))
+    {
+        return imcat_usage("send needs --to USER or --group GROUP", NULL);
+    }
+
+    if (strcmp(command, "presence") == 0 && optind == argc) {
+        return imcat_usage("presence needs at least one USER", NULL);
     }
 
     if (strcmp(command, "ping") != 0
@@ -280,6 +316,12 @@ main(int argc, char **argv)
 
     } else if (strcmp(command, "ping") == 0) {
         rc = imcat_ping(&ic);
+
+    } else if (strcmp(command, "presence") == 0) {
+        rc = imcat_presence(&ic, argv + optind, argc - optind);
+
+    } else if (strcmp(command, "history") == 0) {
+        rc = imcat_history(&ic);
 
     } else {
         rc = imcat_chat(&ic);
@@ -413,7 +455,7 @@ imcat_send(imcat_t *ic, char **args, int nargs)
         goto done;
     }
 
-    id = imcat_send_message(ic, ic->to, body, len, ic->cmid);
+    id = imcat_send_message(ic, ic->to, ic->group, body, len, ic->cmid);
     if (id == 0) {
         goto done;
     }
@@ -440,6 +482,149 @@ imcat_send(imcat_t *ic, char **args, int nargs)
 done:
 
     free(body);
+
+    return rc;
+}
+
+
+/* one PresenceSub: a Presence per user answers it */
+
+static int
+imcat_presence(imcat_t *ic, char **users, int nusers)
+{
+    int               rc, got;
+    uint32_t          id;
+    Im__Frame         frame, *f;
+    Im__PresenceSub   sub;
+
+    if (imcat_connect(ic, 1) != IMCAT_OK) {
+        return IMCAT_ERROR;
+    }
+
+    im__frame__init(&frame);
+    im__presence_sub__init(&sub);
+
+    sub.n_users = nusers;
+    sub.users = users;
+    frame.body_case = IM__FRAME__BODY_PRESENCE_SUB;
+    frame.presence_sub = &sub;
+
+    id = imcat_request(ic, &frame);
+    if (id == 0) {
+        return IMCAT_ERROR;
+    }
+
+    rc = IMCAT_OK;
+
+    for (got = 0; got < nusers; got++) {
+        f = imcat_reply(ic, id, "the Presence");
+        if (f == NULL) {
+            return IMCAT_ERROR;
+        }
+
+        if (f->body_case == IM__FRAME__BODY_ERROR) {
+            imcat_error(f->error);
+            rc = IMCAT_ERROR;
+            got = nusers;
+
+        } else {
+            imcat_push(ic, f);
+        }
+
+        im__frame__free_unpacked(f, NULL);
+    }
+
+    return rc;
+}
+
+
+/* Sync, page after page, until the inbox or --count is done */
+
+static int
+imcat_history(imcat_t *ic)
+{
+    int         rc, round;
+    char       *after;
+    uint32_t    id;
+    Im__Sync    sync;
+    Im__Frame   frame, *f;
+
+    ic->show = 1;
+    ic->history = 1;
+
+    if (imcat_connect(ic, 1) != IMCAT_OK) {
+        return IMCAT_ERROR;
+    }
+
+    after = strdup(ic->after ? ic->after : "");
+    if (after == NULL) {
+        fprintf(stderr, "imcat: out of memory\n");
+        return IMCAT_ERROR;
+    }
+
+    rc = IMCAT_ERROR;
+
+    for (round = 0; round < IMCAT_HISTORY_ROUNDS; round++) {
+
+        if (imcat_stop || ic->lost
+            || (ic->count && ic->received >= ic->count))
+        {
+            rc = ic->lost ? IMCAT_ERROR : IMCAT_OK;
+            break;
+        }
+
+        im__frame__init(&frame);
+        im__sync__init(&sync);
+
+        sync.after = after;
+        sync.limit = ic->count ? (uint32_t) (ic->count - ic->received) : 0;
+        frame.body_case = IM__FRAME__BODY_SYNC;
+        frame.sync = &sync;
+
+        id = imcat_request(ic, &frame);
+        if (id == 0) {
+            break;
+        }
+
+        f = imcat_reply(ic, id, "the SyncDone");
+        if (f == NULL) {
+            break;
+        }
+
+        if (f->body_case != IM__FRAME__BODY_SYNC_DONE) {
+            if (f->body_case == IM__FRAME__BODY_ERROR) {
+                imcat_error(f->error);
+            }
+
+            im__frame__free_unpacked(f, NULL);
+            break;
+        }
+
+        if (!f->sync_done->more) {
+            im__frame__free_unpacked(f, NULL);
+            rc = IMCAT_OK;
+            break;
+        }
+
+        if (f->sync_done->last[0]) {
+            free(after);
+            after = strdup(f->sync_done->last);
+
+            if (after == NULL) {
+                fprintf(stderr, "imcat: out of memory\n");
+                im__frame__free_unpacked(f, NULL);
+                return IMCAT_ERROR;
+            }
+
+        } else {
+            /* the server's send queue is half full: ask again soon */
+            (void) poll(NULL, 0, 50);
+        }
+
+        im__frame__free_unpacked(f, NULL);
+    }
+
+    free(after);
 
     return rc;
 }
@@ -829,7 +1014,7 @@ imcat_line(imcat_t *ic, char *line)
         return IMCAT_OK;
     }
 
-    id = imcat_send_message(ic, ic->to, (u_char *) text, strlen(text),
+    id = imcat_send_message(ic, ic->to, NULL, (u_char *) text, strlen(text),
                             NULL);
 
 sent:
@@ -928,8 +1113,8 @@ imcat_request(imcat_t *ic, Im__Frame *f)
 
 
 static uint32_t
-imcat_send_message(imcat_t *ic, char *to, u_char *body, size_t len,
-    char *cmid)
+imcat_send_message(imcat_t *ic, char *to, char *group, u_char *body,
+    size_t len, char *cmid)
 {
     Im__Send   s;
     Im__Frame  f;
@@ -944,7 +1129,13 @@ imcat_send_message(imcat_t *ic, char *to, u_char *body, size_t len,
     im__frame__init(&f);
     im__send__init(&s);
 
-    s.to = to;
+    if (group) {
+        s.group = group;
+
+    } else {
+        s.to = to;
+    }
+
     s.body.data = body;
     s.body.len = len;
     s.client_msg_id = cmid;
@@ -1033,7 +1224,10 @@ imcat_push(imcat_t *ic, Im__Frame *f)
     switch (f->body_case) {
 
     case IM__FRAME__BODY_MESSAGE:
-        if (ic->show && !ic->lost) {
+
+        /* history: the replay after AuthOk (id 0) is not what was asked */
+
+        if (ic->show && !ic->lost && (!ic->history || f->id != 0)) {
             imcat_message(ic, f->message);
         }
 
@@ -1127,6 +1321,10 @@ imcat_message(imcat_t *ic, Im__Message *m)
     }
 
     ic->received++;
+
+    if (ic->history) {
+        return;
+    }
 
     /* shown, so the device has it: the cursor moves on */
 
