@@ -55,6 +55,7 @@ default_tests=(
     t/integration/test_messaging.py
     t/integration/test_limits.py
     t/integration/test_hostile.py
+    t/integration/test_token_lifetime.py
 )
 
 
