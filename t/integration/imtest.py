@@ -255,6 +255,8 @@ class Redis:
         self.addr = "127.0.0.1:%d" % self.port
         self.proc = None
         self.log = os.path.join(self.dir, "redis.log")
+        # "always" for a test that SIGKILLs it and counts every SendAck
+        self.appendfsync = "everysec"
 
     def start(self, timeout=10):
         """Start redis-server and wait until it answers PING."""
@@ -264,7 +266,8 @@ class Redis:
             self.proc = subprocess.Popen(
                 [REDIS_SERVER, "--port", str(self.port),
                  "--bind", "127.0.0.1", "--dir", self.dir, "--save", "",
-                 "--appendonly", "yes", "--daemonize", "no"],
+                 "--appendonly", "yes", "--appendfsync", self.appendfsync,
+                 "--daemonize", "no"],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
         wait_until(self._ready, timeout, 0.02,
