@@ -258,6 +258,15 @@ class Redis:
         # "always" for a test that SIGKILLs it and counts every SendAck
         self.appendfsync = "everysec"
 
+    def fsync_always(self):
+        """appendfsync always, now and after a restart: for a test that
+        SIGKILLs redis-server and counts every acknowledged message.  With
+        everysec a busy disk makes Redis postpone its AOF writes by up to
+        2 s while it goes on replying, and a kill then loses acknowledged
+        writes (docs/operations.md, Redis durability)."""
+        self.appendfsync = "always"
+        self.cli("CONFIG", "SET", "appendfsync", "always")
+
     def start(self, timeout=10):
         """Start redis-server and wait until it answers PING."""
         if self.running:

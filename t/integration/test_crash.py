@@ -118,6 +118,7 @@ def test_worker_sigkilled_mid_chat(nginx, redis):
 
 
 def test_redis_killed_and_restarted_mid_chat(nginx, redis):
+    redis.fsync_always()        # it is SIGKILLed: no acknowledged write lost
     n = nginx(DRAIN, workers=2)
 
     async def go():

@@ -23,13 +23,8 @@ RECOVERY = 20
 
 @pytest.fixture(autouse=True)
 def fsync_always(redis):
-    """These tests SIGKILL redis-server and count on every acknowledged
-    message.  With appendfsync everysec a busy disk makes Redis postpone
-    its AOF writes by up to 2 s while it goes on replying, and a kill then
-    loses acknowledged writes (docs/operations.md, Redis durability):
-    what these tests check is the module, so Redis flushes first."""
-    redis.appendfsync = "always"
-    redis_cmd(redis, "CONFIG", "SET", "appendfsync", "always")
+    """These tests SIGKILL redis-server: what they check is the module."""
+    redis.fsync_always()
 
 
 def sender(m):
