@@ -20,9 +20,11 @@
 
 #define NGX_STREAM_IM_ID_MAX           64
 #define NGX_STREAM_IM_KEY_MAX          (NGX_STREAM_IM_ID_MAX * 2 + 32)
-#define NGX_STREAM_IM_SID_MAX          (NGX_MAXHOSTNAMELEN + 2 * NGX_INT64_LEN)
+#define NGX_STREAM_IM_SID_MAX                                                 \
+    (NGX_MAXHOSTNAMELEN + 2 * NGX_INT64_LEN + NGX_STREAM_IM_ID_MAX + 3)
 #define NGX_STREAM_IM_HANDSHAKE_MAX    8192
 #define NGX_STREAM_IM_KEY_LEN          32
+#define NGX_STREAM_IM_TYPE_MAX         64
 
 /* im_rate counts thousandths of a frame in an int32_t */
 #define NGX_STREAM_IM_RATE_MAX         (NGX_MAX_INT32_VALUE / 1000)
@@ -72,6 +74,7 @@ typedef struct {
 
 typedef struct {
     ngx_addr_t                    *redis;      /* one per worker, shared */
+    ngx_stream_im_srv_conf_t      *first;      /* the first im server's */
     ngx_shm_zone_t                *metrics;
     size_t                         max_frame;  /* the largest of all servers */
     ngx_flag_t                     enabled;
@@ -133,6 +136,7 @@ typedef struct {
     u_char                         user[NGX_STREAM_IM_ID_MAX];
     size_t                         user_len;
     time_t                         exp;
+    time_t                         iat;        /* 0: none */
 } ngx_stream_im_claims_t;
 
 
@@ -170,6 +174,19 @@ typedef struct {
     uint64_t                       ms;
     uint64_t                       seq;
 } ngx_stream_im_msg_id_t;
+
+
+/* a message to store and deliver: a client's Send or the backend's */
+
+typedef struct {
+    Im__Message                   *msg;        /* from, to or group, ... */
+    ngx_str_t                      origin;     /* session id, or empty */
+    ngx_pool_t                    *pool;       /* for the entry, or NULL:
+                                                  the worker's arena */
+    ngx_uint_t                     inbox_max;
+    ngx_uint_t                     group_max;
+    unsigned                       backend:1;
+} ngx_stream_im_post_t;
 
 
 typedef struct ngx_stream_im_out_s  ngx_stream_im_out_t;
@@ -325,7 +342,11 @@ void ngx_stream_im_session_ref(ngx_stream_im_session_t *ctx,
 #define NGX_STREAM_IM_SCRIPT_PRESENCE  5
 #define NGX_STREAM_IM_SCRIPT_RANGE     6
 #define NGX_STREAM_IM_SCRIPT_REROUTE   7
-#define NGX_STREAM_IM_SCRIPTS          8
+#define NGX_STREAM_IM_SCRIPT_REVOKED   8
+#define NGX_STREAM_IM_SCRIPT_KICK      9
+#define NGX_STREAM_IM_SCRIPT_DEVICES   10
+#define NGX_STREAM_IM_SCRIPT_ADMIN     11
+#define NGX_STREAM_IM_SCRIPTS          12
 
 
 /* a Lua script of ngx_stream_im_scripts.c and its SHA-1 for EVALSHA */
@@ -370,7 +391,13 @@ ngx_int_t ngx_stream_im_redis_refusal(redisReply *r);
 /* routing: the worker's users, routes in Redis, delivery and replay */
 ngx_int_t ngx_stream_im_router_init_worker(ngx_cycle_t *cycle);
 ngx_int_t ngx_stream_im_router_login(ngx_stream_im_session_t *ctx,
-    uint32_t id);
+    uint32_t id, time_t iat);
+ngx_int_t ngx_stream_im_router_check(Im__Message *m, Im__Error__Code *code,
+    char **reason);
+ngx_int_t ngx_stream_im_router_post(ngx_stream_im_post_t *post,
+    ngx_stream_im_redis_handler_pt handler, ngx_stream_im_ref_t *ref);
+ngx_int_t ngx_stream_im_router_posted(redisReply *r, ngx_str_t *msg_id,
+    ngx_stream_im_msg_id_t *mid, size_t *stored);
 ngx_int_t ngx_stream_im_router_entry(redisReply *e, ngx_str_t *id,
     ngx_stream_im_msg_id_t *mid, ngx_str_t *partial);
 ngx_stream_im_msg_t *ngx_stream_im_router_message(uint32_t id,
@@ -378,6 +405,11 @@ ngx_stream_im_msg_t *ngx_stream_im_router_message(uint32_t id,
 ngx_int_t ngx_stream_im_router_range(ngx_stream_im_session_t *ctx,
     ngx_str_t *lo, ngx_str_t *hi, ngx_uint_t reverse, ngx_uint_t count,
     ngx_stream_im_redis_handler_pt handler, ngx_stream_im_ref_t *ref);
+ngx_int_t ngx_stream_im_router_inbox(ngx_str_t *user, ngx_str_t *lo,
+    ngx_str_t *hi, ngx_uint_t reverse, ngx_uint_t count, size_t bytes,
+    ngx_stream_im_redis_handler_pt handler, ngx_stream_im_ref_t *ref);
+void ngx_stream_im_router_kick(ngx_str_t *user, ngx_str_t *device,
+    Im__Error__Code code, ngx_str_t *reason);
 ngx_int_t ngx_stream_im_router_auth_ok(ngx_stream_im_session_t *ctx,
     uint32_t id);
 ngx_str_t *ngx_stream_im_router_session_id(ngx_stream_im_session_t *ctx,

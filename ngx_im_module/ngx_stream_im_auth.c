@@ -414,6 +414,10 @@ ngx_stream_im_token_claims(ngx_str_t *payload, time_t now,
         goto failed;
     }
 
+    /* no iat: issued at the epoch, for revocation */
+
+    claims->iat = (rc == NGX_OK) ? t : 0;
+
     claims->user_len = json_string_length(sub);
     ngx_memcpy(claims->user, json_string_value(sub), claims->user_len);
     claims->exp = expire;

@@ -19,7 +19,6 @@
 
 
 #define NGX_STREAM_IM_TOKEN_MAX     8192
-#define NGX_STREAM_IM_TYPE_MAX      64
 #define NGX_STREAM_IM_SYNC_MAX      1000
 #define NGX_STREAM_IM_TYPING_EVERY  1000
 
@@ -47,6 +46,8 @@ static ngx_int_t ngx_stream_im_sync(ngx_stream_im_session_t *ctx,
 static void ngx_stream_im_synced(ngx_stream_im_ref_t *ref, redisReply *r);
 static ngx_int_t ngx_stream_im_refresh(ngx_stream_im_session_t *ctx,
     Im__Frame *f, ngx_stream_im_claims_t *claims);
+static void ngx_stream_im_refreshed(ngx_stream_im_ref_t *ref,
+    redisReply *r);
 static ngx_int_t ngx_stream_im_sync_done(ngx_stream_im_session_t *ctx,
     uint32_t id, ngx_str_t *last, ngx_uint_t more);
 static ngx_int_t ngx_stream_im_dispatch(ngx_stream_im_session_t *ctx,
@@ -267,7 +268,7 @@ ngx_stream_im_auth(ngx_stream_im_session_t *ctx, Im__Frame *f)
 
     ctx->expires = claims.exp;
 
-    if (ngx_stream_im_router_login(ctx, f->id) != NGX_OK) {
+    if (ngx_stream_im_router_login(ctx, f->id, claims.iat) != NGX_OK) {
         ngx_stream_im_metrics_login(IM__ERROR__CODE__UNAVAILABLE);
         return ngx_stream_im_send_unavailable(ctx, f->id);
     }
@@ -312,8 +313,11 @@ static ngx_int_t
 ngx_stream_im_refresh(ngx_stream_im_session_t *ctx, Im__Frame *f,
     ngx_stream_im_claims_t *claims)
 {
-    ngx_str_t   device;
-    ngx_log_t  *log;
+    ngx_str_t             device, key, arg;
+    ngx_log_t            *log;
+    ngx_stream_im_ref_t   ref;
+    u_char                buf[NGX_STREAM_IM_KEY_MAX];
+    u_char                issued[NGX_TIME_T_LEN + 3];
 
     log = ctx->session->connection->log;
 
@@ -347,17 +351,79 @@ ngx_stream_im_refresh(ngx_stream_im_session_t *ctx, Im__Frame *f,
                                         "identity changed");
     }
 
-    ngx_log_error(NGX_LOG_INFO, log, 0,
+    if (!ngx_stream_im_redis_up()) {
+        ngx_stream_im_metrics_login(IM__ERROR__CODE__UNAVAILABLE);
+        return ngx_stream_im_send_unavailable(ctx, f->id);
+    }
+
+    /* a token issued before the user was revoked is refused here too */
+
+    key.data = buf;
+    key.len = ngx_stream_im_router_key(buf, "u", &ctx->user, "revoked")
+              - buf;
+
+    arg.data = issued;
+    arg.len = ngx_sprintf(issued, "%T000", claims->iat) - issued;
+
+    ngx_stream_im_session_ref(ctx, &ref, f->id);
+
+    /* exp rides along, in seconds: fits until 2106 */
+
+    ref.arg = (uint32_t) ngx_min(claims->exp, (time_t) NGX_MAX_UINT32_VALUE);
+
+    if (ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_REVOKED, 1, &key, 1,
+                                 &arg, ngx_stream_im_refreshed, &ref)
+        != NGX_OK)
+    {
+        ngx_stream_im_metrics_login(IM__ERROR__CODE__UNAVAILABLE);
+        return ngx_stream_im_send_unavailable(ctx, f->id);
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_stream_im_refreshed(ngx_stream_im_ref_t *ref, redisReply *r)
+{
+    ngx_stream_im_session_t  *ctx;
+
+    ctx = ngx_stream_im_session_lookup(ref);
+
+    if (ctx == NULL || ctx->closed) {
+        return;
+    }
+
+    if (r == NULL || r->type != REDIS_REPLY_INTEGER) {
+        ngx_stream_im_metrics_login(IM__ERROR__CODE__UNAVAILABLE);
+        (void) ngx_stream_im_send_unavailable(ctx, ref->id);
+        return;
+    }
+
+    if (r->integer) {
+        ngx_log_error(NGX_LOG_INFO, ctx->session->connection->log, 0,
+                      "user \"%V\" refreshed with a revoked token",
+                      &ctx->user);
+
+        ngx_stream_im_metrics_login(IM__ERROR__CODE__UNAUTHENTICATED);
+
+        (void) ngx_stream_im_send_error(ctx, ref->id,
+                                        IM__ERROR__CODE__UNAUTHENTICATED,
+                                        "token revoked");
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, ctx->session->connection->log, 0,
                   "user \"%V\" device \"%V\" refreshed the token",
                   &ctx->user, &ctx->device);
 
-    ctx->expires = claims->exp;
+    ctx->expires = (time_t) ref->arg;
 
     ngx_stream_im_session_rearm(ctx);
 
     ngx_stream_im_metrics_login(NGX_STREAM_IM_M_REFRESH);
 
-    return ngx_stream_im_router_auth_ok(ctx, f->id);
+    (void) ngx_stream_im_router_auth_ok(ctx, ref->id);
 }
 
 
@@ -440,75 +506,22 @@ ngx_stream_im_target(ngx_stream_im_session_t *ctx, uint32_t id, char *to,
 }
 
 
-/*
- * One round trip: the script dedups by client_msg_id, stores into the
- * inbox of every recipient and of the sender, and publishes to the live
- * routes; SendAck waits for its reply.
- */
+/* SendAck waits for the send script's reply */
 
 static ngx_int_t
 ngx_stream_im_send(ngx_stream_im_session_t *ctx, Im__Frame *f)
 {
-    u_char                    *p;
-    size_t                     n;
+    char                      *reason;
+    ngx_int_t                  rc;
     Im__Send                  *m;
-    ngx_str_t                  cmid, args[8];
-    ngx_log_t                 *log;
     Im__Message                msg;
+    Im__Error__Code            code;
     ngx_stream_im_ref_t        ref;
-    ngx_stream_im_msg_id_t     mid;
+    ngx_stream_im_post_t       post;
     ngx_stream_im_srv_conf_t  *iscf;
     u_char                     sid[NGX_STREAM_IM_SID_MAX];
-    u_char                     maxlen[NGX_INT_T_LEN];
-    u_char                     gmax[NGX_INT_T_LEN];
 
-    log = ctx->session->connection->log;
     m = f->send;
-
-    if (ngx_stream_im_target(ctx, f->id, m->to, m->group, &args[5], &args[6])
-        != NGX_OK)
-    {
-        return NGX_OK;
-    }
-
-    cmid.data = (u_char *) m->client_msg_id;
-    cmid.len = ngx_strlen(m->client_msg_id);
-
-    if (cmid.len && ngx_stream_im_valid_id(cmid.data, cmid.len) != NGX_OK) {
-        ngx_log_error(NGX_LOG_INFO, log, 0,
-                      "client sent a bad client_msg_id");
-
-        return ngx_stream_im_send_error(ctx, f->id,
-                                        IM__ERROR__CODE__BAD_FRAME,
-                                        "bad client_msg_id");
-    }
-
-    if (ngx_strlen(m->type) > NGX_STREAM_IM_TYPE_MAX) {
-        return ngx_stream_im_send_error(ctx, f->id,
-                                        IM__ERROR__CODE__TOO_LARGE,
-                                        "type too long");
-    }
-
-    /* a read receipt says how far: its body is a msg_id */
-
-    if (ngx_strcmp(m->type, "read") == 0
-        && ngx_stream_im_msg_id_parse(m->body.data, m->body.len, &mid)
-           != NGX_OK)
-    {
-        ngx_log_error(NGX_LOG_INFO, log, 0, "client sent a bad receipt");
-
-        return ngx_stream_im_send_error(ctx, f->id,
-                                        IM__ERROR__CODE__BAD_FRAME,
-                                        "a read receipt's body is a msg_id");
-    }
-
-    if (!ngx_stream_im_redis_up()) {
-        return ngx_stream_im_send_unavailable(ctx, f->id);
-    }
-
-    iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
-
-    /* the stored entry: a Message without msg_id and ts_ms */
 
     im__message__init(&msg);
 
@@ -519,25 +532,25 @@ ngx_stream_im_send(ngx_stream_im_session_t *ctx, Im__Frame *f)
     msg.client_msg_id = m->client_msg_id;
     msg.type = m->type;
 
-    n = im__message__get_packed_size(&msg);
+    if (ngx_stream_im_router_check(&msg, &code, &reason) != NGX_OK) {
+        ngx_log_error(NGX_LOG_INFO, ctx->session->connection->log, 0,
+                      "client sent a bad Send: %s", reason);
 
-    p = ngx_stream_im_arena_alloc(ngx_stream_im_worker_arena(), n);
-    if (p == NULL) {
-        return ngx_stream_im_send_error(ctx, f->id,
-                                        IM__ERROR__CODE__TOO_LARGE,
-                                        "message too large");
+        return ngx_stream_im_send_error(ctx, f->id, code, reason);
     }
 
-    args[0].data = p;
-    args[0].len = im__message__pack(&msg, p);
+    if (!ngx_stream_im_redis_up()) {
+        return ngx_stream_im_send_unavailable(ctx, f->id);
+    }
 
-    args[1].data = maxlen;
-    args[1].len = ngx_sprintf(maxlen, "%ui", iscf->inbox_max) - maxlen;
-    args[2] = ctx->user;
-    args[3] = *ngx_stream_im_router_session_id(ctx, sid);
-    args[4] = cmid;
-    args[7].data = gmax;
-    args[7].len = ngx_sprintf(gmax, "%ui", iscf->group_max) - gmax;
+    iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
+
+    post.msg = &msg;
+    post.origin = *ngx_stream_im_router_session_id(ctx, sid);
+    post.pool = NULL;
+    post.inbox_max = iscf->inbox_max;
+    post.group_max = iscf->group_max;
+    post.backend = 0;
 
     ngx_stream_im_session_ref(ctx, &ref, f->id);
 
@@ -545,10 +558,15 @@ ngx_stream_im_send(ngx_stream_im_session_t *ctx, Im__Frame *f)
 
     ref.arg = ngx_stream_im_metrics_clock();
 
-    if (ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_SEND, 0, NULL, 8, args,
-                                 ngx_stream_im_sent, &ref)
-        != NGX_OK)
-    {
+    rc = ngx_stream_im_router_post(&post, ngx_stream_im_sent, &ref);
+
+    if (rc == NGX_DECLINED) {
+        return ngx_stream_im_send_error(ctx, f->id,
+                                        IM__ERROR__CODE__TOO_LARGE,
+                                        "message too large");
+    }
+
+    if (rc != NGX_OK) {
         return ngx_stream_im_send_unavailable(ctx, f->id);
     }
 
@@ -748,6 +766,8 @@ ngx_stream_im_grouped(ngx_stream_im_ref_t *ref, redisReply *r)
 static void
 ngx_stream_im_sent(ngx_stream_im_ref_t *ref, redisReply *r)
 {
+    size_t                    stored;
+    ngx_str_t                 msg_id;
     Im__Frame                 f;
     Im__SendAck               ack;
     ngx_stream_im_msg_id_t    mid;
@@ -759,14 +779,7 @@ ngx_stream_im_sent(ngx_stream_im_ref_t *ref, redisReply *r)
         return;
     }
 
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY
-        || (r->elements != 2 && r->elements != 3)
-        || r->element[0]->type != REDIS_REPLY_STRING
-        || r->element[1]->type != REDIS_REPLY_STRING
-        || ngx_stream_im_msg_id_parse((u_char *) r->element[0]->str,
-                                      r->element[0]->len, &mid)
-           != NGX_OK)
-    {
+    if (ngx_stream_im_router_posted(r, &msg_id, &mid, &stored) != NGX_OK) {
         ngx_stream_im_script_error(ctx, ref->id, r);
         return;
     }
@@ -777,17 +790,15 @@ ngx_stream_im_sent(ngx_stream_im_ref_t *ref, redisReply *r)
      * group's size times its own rate.
      */
 
-    if (r->elements == 3 && r->element[2]->type == REDIS_REPLY_INTEGER
-        && r->element[2]->integer > 0)
-    {
-        ngx_stream_im_session_charge(ctx, (size_t) r->element[2]->integer);
+    if (stored) {
+        ngx_stream_im_session_charge(ctx, stored);
     }
 
     im__frame__init(&f);
     im__send_ack__init(&ack);
 
     ack.client_msg_id = r->element[1]->str;
-    ack.msg_id = r->element[0]->str;
+    ack.msg_id = (char *) msg_id.data;
     ack.ts_ms = mid.ms;
 
     f.id = ref->id;

@@ -382,6 +382,10 @@ ngx_stream_im_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
     if (conf->enabled) {
         imcf->enabled = 1;
 
+        if (imcf->first == NULL) {
+            imcf->first = conf;
+        }
+
         /* no im_metrics_zone: an implicit one */
 
         if (imcf->metrics == NULL) {

@@ -59,7 +59,7 @@ typedef struct {
 
 static ngx_stream_im_user_t *ngx_stream_im_router_user(ngx_str_t *name);
 static ngx_int_t ngx_stream_im_router_route(ngx_stream_im_session_t *ctx,
-    uint32_t id);
+    uint32_t id, time_t iat);
 static void ngx_stream_im_router_logged_in(ngx_stream_im_ref_t *ref,
     redisReply *r);
 static void ngx_stream_im_router_logout(ngx_stream_im_session_t *ctx);
@@ -77,6 +77,8 @@ static void ngx_stream_im_router_deliver(ngx_str_t *channel,
 static void ngx_stream_im_router_fanout(ngx_str_t *name,
     ngx_stream_im_msg_t *msg, ngx_stream_im_msg_id_t *mid,
     ngx_atomic_uint_t origin);
+static void ngx_stream_im_router_kicked(ngx_str_t *code, ngx_str_t *user,
+    ngx_str_t *data);
 static void ngx_stream_im_router_ready(ngx_uint_t fresh);
 static void ngx_stream_im_router_resync(ngx_event_t *ev);
 static ngx_int_t ngx_stream_im_router_reregister(
@@ -124,7 +126,7 @@ ngx_stream_im_router_init_worker(ngx_cycle_t *cycle)
 
     ngx_stream_im_session_on_writable(ngx_stream_im_router_resume);
 
-    /* session ids are "<host>:<pid>:<connection number>" */
+    /* session ids are "<host>:<pid>:<connection number>:<device>" */
 
     p = ngx_pnalloc(cycle->pool, cycle->hostname.len + NGX_INT64_LEN + 2);
     if (p == NULL) {
@@ -145,8 +147,8 @@ ngx_stream_im_router_session_id(ngx_stream_im_session_t *ctx, u_char *buf)
     static ngx_str_t  sid;
 
     sid.data = buf;
-    sid.len = ngx_sprintf(buf, "%V%uA", &ngx_stream_im_sid_prefix,
-                          ctx->session->connection->number)
+    sid.len = ngx_sprintf(buf, "%V%uA:%V", &ngx_stream_im_sid_prefix,
+                          ctx->session->connection->number, &ctx->device)
               - buf;
 
     return &sid;
@@ -159,6 +161,168 @@ u_char *
 ngx_stream_im_router_key(u_char *p, char *kind, ngx_str_t *id, char *suffix)
 {
     return ngx_sprintf(p, "im:{%s:%V}:%s", kind, id, suffix);
+}
+
+
+/*
+ * What a message must be, whoever sends it: one valid recipient, a valid
+ * client_msg_id if any, a short type, and a read receipt's body a msg_id.
+ */
+
+ngx_int_t
+ngx_stream_im_router_check(Im__Message *m, Im__Error__Code *code,
+    char **reason)
+{
+    char                   *target;
+    size_t                  len;
+    ngx_stream_im_msg_id_t  mid;
+
+    *code = IM__ERROR__CODE__BAD_FRAME;
+
+    target = m->to[0] ? m->to : m->group;
+    len = ngx_strlen(target);
+
+    if ((m->to[0] == '\0') == (m->group[0] == '\0')
+        || ngx_stream_im_valid_id((u_char *) target, len) != NGX_OK)
+    {
+        *reason = "need one valid \"to\" or \"group\"";
+        return NGX_DECLINED;
+    }
+
+    len = ngx_strlen(m->client_msg_id);
+
+    if (len && ngx_stream_im_valid_id((u_char *) m->client_msg_id, len)
+               != NGX_OK)
+    {
+        *reason = "bad client_msg_id";
+        return NGX_DECLINED;
+    }
+
+    if (ngx_strlen(m->type) > NGX_STREAM_IM_TYPE_MAX) {
+        *code = IM__ERROR__CODE__TOO_LARGE;
+        *reason = "type too long";
+        return NGX_DECLINED;
+    }
+
+    if (ngx_strcmp(m->type, "read") == 0
+        && ngx_stream_im_msg_id_parse(m->body.data, m->body.len, &mid)
+           != NGX_OK)
+    {
+        *reason = "a read receipt's body is a msg_id";
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * One round trip: the send script dedups by client_msg_id, stores the
+ * entry (the Message without msg_id and ts_ms) into every recipient's
+ * inbox, and publishes it to the live routes but the origin's.
+ * NGX_DECLINED: the entry does not fit the arena.
+ */
+
+ngx_int_t
+ngx_stream_im_router_post(ngx_stream_im_post_t *post,
+    ngx_stream_im_redis_handler_pt handler, ngx_stream_im_ref_t *ref)
+{
+    u_char       *p;
+    size_t        n;
+    Im__Message  *m;
+    ngx_str_t     args[9];
+    u_char        maxlen[NGX_INT_T_LEN];
+    u_char        gmax[NGX_INT_T_LEN];
+
+    m = post->msg;
+
+    n = im__message__get_packed_size(m);
+
+    if (post->pool) {
+        p = ngx_pnalloc(post->pool, n);
+
+    } else {
+        p = ngx_stream_im_arena_alloc(ngx_stream_im_worker_arena(), n);
+    }
+
+    if (p == NULL) {
+        return NGX_DECLINED;
+    }
+
+    args[0].data = p;
+    args[0].len = im__message__pack(m, p);
+
+    args[1].data = maxlen;
+    args[1].len = ngx_sprintf(maxlen, "%ui", post->inbox_max) - maxlen;
+    args[2].data = (u_char *) m->from;
+    args[2].len = ngx_strlen(m->from);
+    args[3] = post->origin;
+    args[4].data = (u_char *) m->client_msg_id;
+    args[4].len = ngx_strlen(m->client_msg_id);
+
+    if (m->to[0]) {
+        ngx_str_set(&args[5], "u");
+        args[6].data = (u_char *) m->to;
+
+    } else {
+        ngx_str_set(&args[5], "g");
+        args[6].data = (u_char *) m->group;
+    }
+
+    args[6].len = ngx_strlen((char *) args[6].data);
+    args[7].data = gmax;
+    args[7].len = ngx_sprintf(gmax, "%ui", post->group_max) - gmax;
+
+    if (post->backend) {
+        ngx_str_set(&args[8], "1");
+
+    } else {
+        ngx_str_set(&args[8], "0");
+    }
+
+    if (ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_SEND, 0, NULL, 9, args,
+                                 handler, ref)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The send script's reply: [msg_id, client_msg_id, bytes a group send
+ * stored], or [msg_id, client_msg_id] for a duplicate (stored 0).
+ */
+
+ngx_int_t
+ngx_stream_im_router_posted(redisReply *r, ngx_str_t *msg_id,
+    ngx_stream_im_msg_id_t *mid, size_t *stored)
+{
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY
+        || (r->elements != 2 && r->elements != 3)
+        || r->element[0]->type != REDIS_REPLY_STRING
+        || r->element[1]->type != REDIS_REPLY_STRING
+        || ngx_stream_im_msg_id_parse((u_char *) r->element[0]->str,
+                                      r->element[0]->len, mid)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    msg_id->data = (u_char *) r->element[0]->str;
+    msg_id->len = r->element[0]->len;
+
+    *stored = 0;
+
+    if (r->elements == 3 && r->element[2]->type == REDIS_REPLY_INTEGER
+        && r->element[2]->integer > 0)
+    {
+        *stored = (size_t) r->element[2]->integer;
+    }
+
+    return NGX_OK;
 }
 
 
@@ -177,7 +341,8 @@ ngx_stream_im_router_user(ngx_str_t *name)
  */
 
 ngx_int_t
-ngx_stream_im_router_login(ngx_stream_im_session_t *ctx, uint32_t id)
+ngx_stream_im_router_login(ngx_stream_im_session_t *ctx, uint32_t id,
+    time_t iat)
 {
     ngx_stream_im_user_t  *u;
 
@@ -217,7 +382,7 @@ route:
     ctx->logging_in = 1;
     ctx->replaying = 1;
 
-    if (ngx_stream_im_router_route(ctx, id) != NGX_OK) {
+    if (ngx_stream_im_router_route(ctx, id, iat) != NGX_OK) {
         ctx->logging_in = 0;
         ctx->replaying = 0;
         return NGX_DECLINED;
@@ -228,15 +393,18 @@ route:
 
 
 static ngx_int_t
-ngx_stream_im_router_route(ngx_stream_im_session_t *ctx, uint32_t id)
+ngx_stream_im_router_route(ngx_stream_im_session_t *ctx, uint32_t id,
+    time_t iat)
 {
-    ngx_str_t                  keys[2], args[5];
+    ngx_str_t                  keys[3], args[6];
     ngx_stream_im_ref_t        ref;
     ngx_stream_im_srv_conf_t  *iscf;
     u_char                     key[NGX_STREAM_IM_KEY_MAX];
     u_char                     cursor[NGX_STREAM_IM_KEY_MAX];
+    u_char                     revoked[NGX_STREAM_IM_KEY_MAX];
     u_char                     sid[NGX_STREAM_IM_SID_MAX];
     u_char                     max[NGX_INT_T_LEN];
+    u_char                     issued[NGX_INT64_LEN + 3];
 
     iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
 
@@ -248,18 +416,25 @@ ngx_stream_im_router_route(ngx_stream_im_session_t *ctx, uint32_t id)
     keys[1].len = ngx_stream_im_router_key(cursor, "u", &ctx->user, "cursor")
                   - cursor;
 
+    keys[2].data = revoked;
+    keys[2].len = ngx_stream_im_router_key(revoked, "u", &ctx->user,
+                                           "revoked")
+                  - revoked;
+
     args[0] = *ngx_stream_im_router_session_id(ctx, sid);
     args[1] = *ngx_stream_im_redis_channel();
     args[2] = ctx->device;
     args[3].data = max;
     args[3].len = ngx_sprintf(max, "%ui", iscf->max_sessions) - max;
     args[4] = ctx->user;
+    args[5].data = issued;
+    args[5].len = ngx_sprintf(issued, "%T000", iat) - issued;
 
     ngx_stream_im_session_ref(ctx, &ref, id);
 
     ctx->route_epoch = ngx_stream_im_epoch;
 
-    return ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_LOGIN, 2, keys, 5,
+    return ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_LOGIN, 3, keys, 6,
                                     args, ngx_stream_im_router_logged_in,
                                     &ref);
 }
@@ -310,7 +485,10 @@ ngx_stream_im_router_logged_in(ngx_stream_im_ref_t *ref, redisReply *r)
 
     ctx->logging_in = 0;
 
-    /* the login script's reply: [1, cursor or ""] or [0, ""] when full */
+    /*
+     * the login script's reply: [1, cursor or ""], [0, ""] when full, or
+     * [-1, ""] when the token was revoked
+     */
 
     if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2
         || r->element[0]->type != REDIS_REPLY_INTEGER
@@ -327,6 +505,26 @@ ngx_stream_im_router_logged_in(ngx_stream_im_ref_t *ref, redisReply *r)
         ngx_stream_im_metrics_login(IM__ERROR__CODE__UNAVAILABLE);
 
         (void) ngx_stream_im_send_unavailable(ctx, ref->id);
+        return;
+    }
+
+    if (r->element[0]->integer == -1) {
+        ngx_stream_im_router_remove(ctx);
+
+        ngx_log_error(NGX_LOG_INFO, ctx->session->connection->log, 0,
+                      "user \"%V\" sent a revoked token", &ctx->user);
+
+        ngx_stream_im_metrics_login(IM__ERROR__CODE__UNAUTHENTICATED);
+
+        if (ngx_stream_im_send_error(ctx, ref->id,
+                                     IM__ERROR__CODE__UNAUTHENTICATED,
+                                     "token revoked")
+            == NGX_OK)
+        {
+            ngx_stream_im_close(ctx, NGX_STREAM_IM_CLOSE_POLICY,
+                                "token revoked");
+        }
+
         return;
     }
 
@@ -566,9 +764,8 @@ ngx_stream_im_router_remove(ngx_stream_im_session_t *ctx)
 /*
  * Entries of the inbox between lo and hi ("-", "+" or "(<id>"), at most
  * count and, past the first, as many bytes as half the send queue has
- * room for: the script's reply is {more, entry, ...}.  Sized by bytes,
- * not entries, so a page of large messages costs Redis what the session
- * can take.
+ * room for.  Sized by bytes, not entries, so a page of large messages
+ * costs Redis what the session can take.
  */
 
 ngx_int_t
@@ -577,28 +774,41 @@ ngx_stream_im_router_range(ngx_stream_im_session_t *ctx, ngx_str_t *lo,
     ngx_stream_im_redis_handler_pt handler, ngx_stream_im_ref_t *ref)
 {
     size_t                     room;
-    ngx_str_t                  key, args[5];
     ngx_stream_im_srv_conf_t  *iscf;
-    u_char                     buf[NGX_STREAM_IM_KEY_MAX];
-    u_char                     num[NGX_INT_T_LEN];
-    u_char                     bytes[NGX_SIZE_T_LEN];
 
     iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
 
-    key.data = buf;
-    key.len = ngx_stream_im_router_key(buf, "u", &ctx->user, "inbox") - buf;
-
-    args[0] = *lo;
-    args[1] = *hi;
-    args[2].data = num;
-    args[2].len = ngx_sprintf(num, "%ui", count) - num;
     /* what the send queue has room for; the script gives at least one */
 
     room = (ctx->out_bytes < iscf->send_queue / 2)
            ? iscf->send_queue / 2 - ctx->out_bytes : 0;
 
-    args[3].data = bytes;
-    args[3].len = ngx_sprintf(bytes, "%uz", room) - bytes;
+    return ngx_stream_im_router_inbox(&ctx->user, lo, hi, reverse, count,
+                                      room, handler, ref);
+}
+
+
+/* the script's reply is {more, entry, ...} */
+
+ngx_int_t
+ngx_stream_im_router_inbox(ngx_str_t *user, ngx_str_t *lo, ngx_str_t *hi,
+    ngx_uint_t reverse, ngx_uint_t count, size_t bytes,
+    ngx_stream_im_redis_handler_pt handler, ngx_stream_im_ref_t *ref)
+{
+    ngx_str_t  key, args[5];
+    u_char     buf[NGX_STREAM_IM_KEY_MAX];
+    u_char     num[NGX_INT_T_LEN];
+    u_char     size[NGX_SIZE_T_LEN];
+
+    key.data = buf;
+    key.len = ngx_stream_im_router_key(buf, "u", user, "inbox") - buf;
+
+    args[0] = *lo;
+    args[1] = *hi;
+    args[2].data = num;
+    args[2].len = ngx_sprintf(num, "%ui", count) - num;
+    args[3].data = size;
+    args[3].len = ngx_sprintf(size, "%uz", bytes) - size;
 
     if (reverse) {
         ngx_str_set(&args[4], "1");
@@ -842,7 +1052,8 @@ ngx_stream_im_router_entry(redisReply *e, ngx_str_t *id,
 static void
 ngx_stream_im_router_deliver(ngx_str_t *channel, ngx_str_t *payload)
 {
-    u_char                   *p, *end, *nl[3];
+    u_char                   *p, *q, *end, *nl[3];
+    ngx_int_t                 n;
     ngx_str_t                 id, users, data, user;
     ngx_uint_t                i;
     ngx_atomic_uint_t         origin;
@@ -876,7 +1087,9 @@ ngx_stream_im_router_deliver(ngx_str_t *channel, ngx_str_t *payload)
            == 0)
     {
         p += ngx_stream_im_sid_prefix.len;
-        origin = (ngx_atomic_uint_t) ngx_atoi(p, nl[1] - p);
+        q = ngx_strlchr(p, nl[1], ':');
+        n = ngx_atoi(p, (q ? q : nl[1]) - p);
+        origin = (n == NGX_ERROR) ? 0 : (ngx_atomic_uint_t) n;
     }
 
     users.data = nl[1] + 1;
@@ -907,6 +1120,10 @@ ngx_stream_im_router_deliver(ngx_str_t *channel, ngx_str_t *payload)
         p = ngx_cpymem(p, data.data, data.len);
         msg->len = p - msg->data;
         break;
+
+    case 'x':
+        ngx_stream_im_router_kicked(&id, &users, &data);
+        return;
 
     default:
         return;
@@ -1002,6 +1219,99 @@ ngx_stream_im_router_fanout(ngx_str_t *name, ngx_stream_im_msg_t *msg,
         ngx_stream_im_metrics_delivered(NGX_STREAM_IM_M_LIVE, 1);
 
         ctx->last = *mid;
+    }
+}
+
+
+/*
+ * A kick on this worker's channel, from the backend's disconnect or
+ * revoke: "x<code>", the user and "<device or empty>\n<reason>".
+ */
+
+static void
+ngx_stream_im_router_kicked(ngx_str_t *code, ngx_str_t *user,
+    ngx_str_t *data)
+{
+    u_char     *nl;
+    ngx_int_t   n;
+    ngx_str_t   device, reason;
+
+    nl = ngx_strlchr(data->data, data->data + data->len, '\n');
+    n = ngx_atoi(code->data, code->len);
+
+    if (nl == NULL || (n != IM__ERROR__CODE__UNAUTHENTICATED
+                       && n != IM__ERROR__CODE__FORBIDDEN))
+    {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "malformed kick on route channel");
+        return;
+    }
+
+    device.data = data->data;
+    device.len = nl - data->data;
+    reason.data = nl + 1;
+    reason.len = data->data + data->len - reason.data;
+
+    ngx_stream_im_router_kick(user, &device, (Im__Error__Code) n, &reason);
+}
+
+
+/* every local session of user (on device, if not empty): Error, close */
+
+void
+ngx_stream_im_router_kick(ngx_str_t *user, ngx_str_t *device,
+    Im__Error__Code code, ngx_str_t *reason)
+{
+    size_t                    len;
+    ngx_queue_t              *q;
+    ngx_stream_im_user_t     *u;
+    ngx_stream_im_session_t  *ctx;
+    u_char                    text[NGX_STREAM_IM_WS_CONTROL_MAX];
+
+    u = ngx_stream_im_router_user(user);
+
+    if (u == NULL) {
+        return;
+    }
+
+    /* the backend keeps reasons short, as a close frame wants them */
+
+    len = ngx_min(reason->len, NGX_STREAM_IM_WS_CONTROL_MAX - 3);
+    ngx_memcpy(text, reason->data, len);
+    text[len] = '\0';
+
+    if (ngx_stream_im_utf8_valid(text, len) != NGX_OK) {
+        ngx_cpystrn(text, (u_char *) "disconnected", sizeof(text));
+    }
+
+    /* closing a session does not end it now: it stays in the queue */
+
+    for (q = ngx_queue_head(&u->sessions);
+         q != ngx_queue_sentinel(&u->sessions);
+         q = ngx_queue_next(q))
+    {
+        ctx = ngx_queue_data(q, ngx_stream_im_session_t, queue);
+
+        if (ctx->state != NGX_STREAM_IM_OPEN || ctx->closed
+            || (device->len
+                && (device->len != ctx->device.len
+                    || ngx_memcmp(device->data, ctx->device.data,
+                                  device->len)
+                       != 0)))
+        {
+            continue;
+        }
+
+        ngx_log_error(NGX_LOG_INFO, ctx->session->connection->log, 0,
+                      "user \"%V\" device \"%V\" disconnected by the "
+                      "backend: %s", &ctx->user, &ctx->device, text);
+
+        if (ngx_stream_im_send_error(ctx, 0, code, (char *) text)
+            == NGX_OK)
+        {
+            ngx_stream_im_close(ctx, NGX_STREAM_IM_CLOSE_POLICY,
+                                (char *) text);
+        }
     }
 }
 

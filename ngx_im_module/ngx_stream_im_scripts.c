@@ -61,13 +61,17 @@
     "    end\n"                                                               \
     "  end\n"                                                                 \
     "end\n"                                                                   \
-    "local function members(kind, target, sender, max, size)\n"               \
+    "local function members(kind, target, sender, max, size, backend)\n"      \
     "  if kind ~= 'g' then return {target} end\n"                             \
     "  local g = 'im:{g:' .. target .. '}:members'\n"                         \
-    "  if redis.call('SISMEMBER', g, sender) == 0 then\n"                     \
+    "  local n = redis.call('SCARD', g)\n"                                    \
+    "  if backend then\n"                                                     \
+    "    if n == 0 then\n"                                                    \
+    "      return redis.error_reply('NOT_FOUND no such group')\n"             \
+    "    end\n"                                                               \
+    "  elseif redis.call('SISMEMBER', g, sender) == 0 then\n"                 \
     "    return redis.error_reply('FORBIDDEN not a member of the group')\n"   \
     "  end\n"                                                                 \
-    "  local n = redis.call('SCARD', g)\n"                                    \
     "  if n > tonumber(max) then\n"                                           \
     "    return redis.error_reply('TOO_LARGE group over "                     \
                                     "im_group_max_members')\n"                \
@@ -107,16 +111,20 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
     /*
      * send: KEYS none (per-user keys are derived); ARGV: entry, inbox
      * max, sender, origin session, client_msg_id, kind "u" or "g",
-     * target, group max.  Returns {msg_id, client_msg_id, bytes a group
-     * send stored} ({msg_id, client_msg_id} for a duplicate).
+     * target, group max, "1" from the backend (no membership needed, no
+     * copy for the sender, who has no devices).  Returns {msg_id,
+     * client_msg_id, bytes a group send stored} ({msg_id, client_msg_id}
+     * for a duplicate).
      */
 
     { ngx_string(
           NGX_STREAM_IM_LUA_ROUTES
           "local entry, sender, cmid = ARGV[1], ARGV[3], ARGV[5]\n"
-          "local users = members(ARGV[6], ARGV[7], sender, ARGV[8], #entry)\n"
+          "local backend = ARGV[9] == '1'\n"
+          "local users = members(ARGV[6], ARGV[7], sender, ARGV[8], #entry,\n"
+          "                      backend)\n"
           "if users.err then return users end\n"
-          "if ARGV[6] ~= 'g' and ARGV[7] ~= sender then\n"
+          "if ARGV[6] ~= 'g' and ARGV[7] ~= sender and not backend then\n"
           "  users[2] = sender\n"
           "end\n"
           "local t = redis.call('TIME')\n"
@@ -178,13 +186,18 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
       "" },
 
     /*
-     * login: KEYS routes, cursor; ARGV: session, channel, device, max
-     * sessions, user.  Returns {1, cursor or ""}, or {0, ""} when full;
-     * the first session of a user tells the watchers it is online.
+     * login: KEYS routes, cursor, revoked; ARGV: session, channel,
+     * device, max sessions, user, token iat in ms.  Returns {1, cursor or
+     * ""}, {0, ""} when full, or {-1, ""} when the token was revoked; the
+     * first session of a user tells the watchers it is online.
      */
 
     { ngx_string(
           NGX_STREAM_IM_LUA_LIVE
+          "local rv = redis.call('GET', KEYS[3])\n"
+          "if rv and tonumber(ARGV[6]) < tonumber(rv) then\n"
+          "  return {-1, ''}\n"
+          "end\n"
           "local n = live(KEYS[1])\n"
           "if n >= tonumber(ARGV[4]) then return {0, ''} end\n"
           "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
@@ -335,5 +348,145 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
           "  redis.call('PUBLISH', 'im:presence:' .. ARGV[3], '1 ' .. now())\n"
           "end\n"
           "return 1\n"),
+      "" },
+
+    /*
+     * revoked: KEYS revoked; ARGV: token iat in ms.  Returns 1 when the
+     * user's tokens issued before then are refused.
+     */
+
+    { ngx_string(
+          "local rv = redis.call('GET', KEYS[1])\n"
+          "if rv and tonumber(ARGV[1]) < tonumber(rv) then return 1 end\n"
+          "return 0\n"),
+      "" },
+
+    /*
+     * kick: KEYS routes, revoked; ARGV: user, device or "" for all, error
+     * code, reason, and for a revocation the time in ms before which the
+     * user's tokens are refused.  Each worker holding such a session
+     * gets one message on its channel:
+     *
+     *     x<code>\n\n<user>\n<device>\n<reason>
+     *
+     * Returns how many live sessions it named.
+     */
+
+    { ngx_string(
+          "if ARGV[5] ~= '' then redis.call('SET', KEYS[2], ARGV[5]) end\n"
+          "local r = redis.call('HGETALL', KEYS[1])\n"
+          "local alive, out, n = {}, {}, 0\n"
+          "for i = 1, #r, 2 do\n"
+          "  local ch = r[i + 1]\n"
+          "  if alive[ch] == nil then\n"
+          "    alive[ch] = redis.call('EXISTS', ch .. ':alive')\n"
+          "  end\n"
+          "  if alive[ch] == 0 then\n"
+          "    redis.call('HDEL', KEYS[1], r[i])\n"
+          "  elseif ARGV[2] == '' or\n"
+          "         string.match(r[i], ':([^:]*)$') == ARGV[2] then\n"
+          "    n = n + 1\n"
+          "    out[ch] = true\n"
+          "  end\n"
+          "end\n"
+          "for ch in pairs(out) do\n"
+          "  redis.call('PUBLISH', ch, 'x' .. ARGV[3] .. '\\n\\n' .. ARGV[1]\n"
+          "             .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[4])\n"
+          "end\n"
+          "return n\n"),
+      "" },
+
+    /*
+     * devices: ARGV: users.  Returns {user, online, last seen ms,
+     * {device, ...}, ...}: the devices of the live routes (dead ones go).
+     */
+
+    { ngx_string(
+          "local out, alive = {}, {}\n"
+          "for _, u in ipairs(ARGV) do\n"
+          "  local rk = 'im:{u:' .. u .. '}:routes'\n"
+          "  local r = redis.call('HGETALL', rk)\n"
+          "  local devices, seen = {}, {}\n"
+          "  for i = 1, #r, 2 do\n"
+          "    local ch = r[i + 1]\n"
+          "    if alive[ch] == nil then\n"
+          "      alive[ch] = redis.call('EXISTS', ch .. ':alive')\n"
+          "    end\n"
+          "    if alive[ch] == 1 then\n"
+          "      local d = string.match(r[i], ':([^:]*)$') or ''\n"
+          "      if not seen[d] then\n"
+          "        seen[d] = true\n"
+          "        devices[#devices + 1] = d\n"
+          "      end\n"
+          "    else\n"
+          "      redis.call('HDEL', rk, r[i])\n"
+          "    end\n"
+          "  end\n"
+          "  local last = redis.call('GET', 'im:{u:' .. u .. '}:seen')\n"
+          "  out[#out + 1] = u\n"
+          "  out[#out + 1] = #devices > 0 and 1 or 0\n"
+          "  out[#out + 1] = tonumber(last or '0')\n"
+          "  out[#out + 1] = devices\n"
+          "end\n"
+          "return out\n"),
+      "" },
+
+    /*
+     * admin group: KEYS members, meta; ARGV: "put" open | "delete" |
+     * "get" | "members" max, count to add, user to add..., to remove...
+     * A group exists while it has members or meta.  put returns 1 when it
+     * created the group; delete how many keys went; get {open, member,
+     * ...}; members {added, removed, size}, all or nothing.
+     */
+
+    { ngx_string(
+          "local g, meta, op = KEYS[1], KEYS[2], ARGV[1]\n"
+          "local exists = redis.call('EXISTS', g, meta) > 0\n"
+          "if op == 'put' then\n"
+          "  redis.call('HSET', meta, 'open', ARGV[2])\n"
+          "  return exists and 0 or 1\n"
+          "end\n"
+          "if op == 'delete' then return redis.call('DEL', g, meta) end\n"
+          "if not exists then\n"
+          "  return redis.error_reply('NOT_FOUND no such group')\n"
+          "end\n"
+          "if op == 'get' then\n"
+          "  local out = {redis.call('HGET', meta, 'open') == '1' and 1 or 0}\n"
+          "  for _, m in ipairs(redis.call('SMEMBERS', g)) do\n"
+          "    out[#out + 1] = m\n"
+          "  end\n"
+          "  return out\n"
+          "end\n"
+          "local max, nadd = tonumber(ARGV[2]), tonumber(ARGV[3])\n"
+          "local add, del, new = {}, {}, {}\n"
+          "for i = 4, 3 + nadd do add[#add + 1] = ARGV[i] end\n"
+          "for i = 4 + nadd, #ARGV do del[#del + 1] = ARGV[i] end\n"
+          "local gone = {}\n"
+          "for _, u in ipairs(del) do gone[u] = true end\n"
+          "local size = redis.call('SCARD', g)\n"
+          "for _, u in ipairs(del) do\n"
+          "  size = size - redis.call('SISMEMBER', g, u)\n"
+          "end\n"
+          "for _, u in ipairs(add) do\n"
+          "  if not new[u] and (gone[u]\n"
+          "                     or redis.call('SISMEMBER', g, u) == 0) then\n"
+          "    new[u] = true\n"
+          "    size = size + 1\n"
+          "  end\n"
+          "end\n"
+          "if size > max then\n"
+          "  return redis.error_reply('CONFLICT the group would have more '\n"
+          "                           .. 'than im_group_max_members')\n"
+          "end\n"
+          "local function apply(cmd, l)\n"
+          "  local n = 0\n"
+          "  for i = 1, #l, 1000 do\n"
+          "    local j = math.min(i + 999, #l)\n"
+          "    n = n + redis.call(cmd, g, unpack(l, i, j))\n"
+          "  end\n"
+          "  return n\n"
+          "end\n"
+          "local removed = apply('SREM', del)\n"
+          "return {apply('SADD', add), removed, redis.call('SCARD', g)}\n"),
       "" }
 };

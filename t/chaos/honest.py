@@ -184,7 +184,7 @@ class Device:
             b = imtest.body(f)
             if b == "auth_ok":
                 conn.session = f.auth_ok.session
-                conn.pid = int(conn.session.rsplit(":", 2)[1])
+                conn.pid = int(conn.session.split(":")[1])
                 self.sessions.append((node, conn.session))
                 if f.auth_ok.user != self.user:
                     self.note("AuthOk", "user %r" % f.auth_ok.user)
@@ -262,7 +262,7 @@ class Device:
                     # the replay may follow in the same read, before
                     # _connect() resumes
                     conn.session = f.auth_ok.session
-                    conn.pid = int(conn.session.rsplit(":", 2)[1])
+                    conn.pid = int(conn.session.split(":")[1])
                 if b == "send_ack" and f.id in conn.sends:
                     self._acked(conn.sends[f.id], f.send_ack)
                 if f.id:

@@ -36,9 +36,9 @@ AUTH_OK_TIMEOUT = 10
 
 
 def session_pid(session):
-    """The worker pid of a session id "<host>:<pid>:<n>"."""
-    host, pid, number = session.rsplit(":", 2)
-    assert host and number.isdigit(), session
+    """The worker pid of a session id "<host>:<pid>:<n>:<device>"."""
+    host, pid, number, device = session.split(":")
+    assert host and number.isdigit() and device, session
     return int(pid)
 
 
