@@ -1091,7 +1091,8 @@ ngx_stream_im_redis_refusal(redisReply *r)
     return r->type == REDIS_REPLY_ERROR
            && (ngx_strncmp(r->str, "FORBIDDEN ", 10) == 0
                || ngx_strncmp(r->str, "TOO_LARGE ", 10) == 0
-               || ngx_strncmp(r->str, "NOT_FOUND ", 10) == 0);
+               || ngx_strncmp(r->str, "NOT_FOUND ", 10) == 0
+               || ngx_strncmp(r->str, "CONFLICT ", 9) == 0);
 }
 
 

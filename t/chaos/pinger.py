@@ -86,7 +86,7 @@ class Pinger:
                 self.write(t=t, rtt=now - t, slot=name, pid=state["pid"],
                            authed=state["authed"])
             elif b == "auth_ok" and fr.id == state["auth_id"]:
-                state["pid"] = int(fr.auth_ok.session.rsplit(":", 2)[1])
+                state["pid"] = int(fr.auth_ok.session.split(":")[1])
                 state["authed"] = True
                 auth_ok.set()
             elif b == "error" and fr.id == state["auth_id"]:

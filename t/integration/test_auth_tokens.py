@@ -61,8 +61,9 @@ def test_good_token_gets_auth_ok(nginx):
     for id in (1, 0xFFFFFFFF, 77):
         ok = signed_in(n, n.token("alice"), "alice", id=id)
         assert ok.session, ok
-        host, pid, number = ok.session.rsplit(":", 2)
+        host, pid, number, device = ok.session.split(":")
         assert host and number.isdigit(), ok.session
+        assert device == "default", ok.session
         assert int(pid) in n.worker_pids(), (ok.session, n.worker_pids())
         assert ok.ping_interval_ms == 20000, ok
         assert ok.max_frame == 32 * 1024, ok
