@@ -277,7 +277,24 @@ A Ping gets a Pong without a token:
 
 More users: $build/im-token mint --key $dir/im.key --sub carol
 
-Metrics (Prometheus) and health, on 127.0.0.1:$hport:
+The admin API (docs/api.md), metrics (Prometheus) and health, on
+127.0.0.1:$hport:
+
+    curl -s -X PUT http://127.0.0.1:$hport/im/groups/team -d '{"open": true}'
+
+    curl -s http://127.0.0.1:$hport/im/groups/team/members \\
+        -d '{"add": ["alice", "bob"]}'
+
+    curl -s http://127.0.0.1:$hport/im/send \\
+        -d '{"from": "system", "group": "team", "body": "welcome"}'
+
+    curl -s http://127.0.0.1:$hport/im/presence -d '{"users": ["bob"]}'
+
+    curl -s http://127.0.0.1:$hport/im/users/bob/history?limit=10
+
+    curl -s http://127.0.0.1:$hport/im/users/bob/disconnect -d '{}'
+
+    curl -s http://127.0.0.1:$hport/im/users/bob/revoke -d '{}'
 
     curl -s http://127.0.0.1:$hport/metrics
 

@@ -1078,9 +1078,14 @@ test_claims_time(void)
           == NGX_DECLINED);
 
     check(test_claims(CLAIMS2("iat", "2023-11-14T22:13:20Z"), TEST_NOW, &c)
-          == NGX_OK);
+          == NGX_OK && c.iat == TEST_NOW);
     check(test_claims(CLAIMS2("iat", "2023-11-14T23:13:20+01:00"), TEST_NOW,
-                      &c) == NGX_OK);
+                      &c) == NGX_OK && c.iat == TEST_NOW);
+
+    /* no iat: issued at the epoch, as revocation counts it */
+
+    check(test_claims(CLAIMS2("nbf", "2023-11-14T22:13:20Z"), TEST_NOW, &c)
+          == NGX_OK && c.iat == 0);
     check(test_claims(CLAIMS2("iat", "2023-11-14T22:13:21Z"), TEST_NOW, &c)
           == NGX_DECLINED);
     check(test_err != NULL && strcmp(test_err, "issued in the future") == 0);
