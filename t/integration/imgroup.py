@@ -152,8 +152,8 @@ async def sync_page(chat, after="", before="", limit=0, timeout=10):
 
 
 def route_channel(session):
-    """The route channel of a session id "<host>:<pid>:<n>"."""
-    host, pid, _ = session.rsplit(":", 2)
+    """The route channel of a session id "<host>:<pid>:<n>:<device>"."""
+    host, pid, _, _ = session.split(":")
     return "im:route:%s:%s" % (host, pid)
 
 

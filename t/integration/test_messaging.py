@@ -676,7 +676,7 @@ def test_routes_follow_sessions(nginx, redis):
         r = routes("alice")
         assert set(r) == {a1.session, a2.session}, r
         for c in (a1, a2):
-            host, pid, _ = c.session.rsplit(":", 2)
+            host, pid, _, _ = c.session.split(":")
             assert r[c.session] == "im:route:%s:%s" % (host, pid), r
             assert redis_cmd(redis, "EXISTS", r[c.session] + ":alive") == 1
         await a1.close()
@@ -719,7 +719,7 @@ def test_send_to_invalid_recipient_is_bad_frame(nginx, redis, to):
         await alice.close()
 
     run(go())
-    n.wait_log(r"\[info\] .*client sent a bad recipient")
+    n.wait_log(r"\[info\] .*client sent a bad Send: need one valid")
 
 
 @pytest.mark.parametrize("cmid", ["a b", "x" * 65, "*", "id\n"], ids=repr)

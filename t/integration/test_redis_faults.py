@@ -257,7 +257,7 @@ def test_routes_registered_again_after_redis_lost_its_data(nginx, redis):
         wait_until(lambda: alice.session in routes("alice"), RECOVERY,
                    what="alice's route registered again")
         for c in (b1, b2):
-            host, pid, _ = c.session.rsplit(":", 2)
+            host, pid, _, _ = c.session.split(":")
             assert routes("bob")[c.session] == "im:route:%s:%s" % (host, pid)
 
         # and live delivery works again to both devices
