@@ -56,6 +56,7 @@ default_tests=(
     t/integration/test_limits.py
     t/integration/test_hostile.py
     t/integration/test_token_lifetime.py
+    t/integration/test_api.py
 )
 
 
