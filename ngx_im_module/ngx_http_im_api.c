@@ -34,6 +34,7 @@
 
 #define NGX_HTTP_IM_BODY_MAX           (1024 * 1024)
 #define NGX_HTTP_IM_CALLS_MAX          1024
+#define NGX_HTTP_IM_CALL_TIMEOUT       15000
 #define NGX_HTTP_IM_HISTORY_LIMIT      50
 #define NGX_HTTP_IM_HISTORY_MAX        1000
 #define NGX_HTTP_IM_HISTORY_BYTES      (1024 * 1024)
@@ -63,6 +64,7 @@ typedef struct {
     char                          *reason;     /* of the status to answer */
     int64_t                        before_ms;  /* revoke: tokens before */
     ngx_uint_t                     slot;       /* in the call table */
+    ngx_event_t                    timer;      /* while Redis has it */
     uint32_t                       generation; /* 0: no call */
     unsigned                       reverse:1;  /* history read backwards */
 } ngx_http_im_api_ctx_t;
@@ -95,8 +97,11 @@ static ngx_int_t ngx_http_im_api_call(ngx_http_request_t *r,
     ngx_str_t *args);
 static ngx_int_t ngx_http_im_api_reserve(ngx_http_request_t *r,
     ngx_stream_im_ref_t *ref);
+static ngx_int_t ngx_http_im_api_issued(ngx_http_request_t *r,
+    ngx_int_t rc);
 static void ngx_http_im_api_release(ngx_http_request_t *r);
 static void ngx_http_im_api_reply(ngx_stream_im_ref_t *ref, redisReply *rr);
+static void ngx_http_im_api_timeout(ngx_event_t *ev);
 static ngx_int_t ngx_http_im_api_refused(ngx_http_request_t *r,
     redisReply *rr);
 static ngx_int_t ngx_http_im_fail(ngx_http_request_t *r, ngx_int_t rc);
@@ -361,6 +366,10 @@ ngx_http_im_api_cleanup(void *data)
         ctx->body = NULL;
     }
 
+    if (ctx->timer.timer_set) {
+        ngx_del_timer(&ctx->timer);
+    }
+
     /* freed while Redis had its call: the reply will find nobody */
 
     if (ctx->generation) {
@@ -499,17 +508,30 @@ ngx_http_im_api_call(ngx_http_request_t *r, ngx_uint_t script,
         return ngx_http_im_fail(r, rc);
     }
 
-    if (ngx_stream_im_redis_eval(script, nkeys, keys, nargs, args,
-                                 ngx_http_im_api_reply, &ref)
-        != NGX_OK)
-    {
-        ngx_http_im_api_release(r);
+    rc = ngx_stream_im_redis_eval(script, nkeys, keys, nargs, args,
+                                  ngx_http_im_api_reply, &ref);
 
-        return ngx_http_im_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                 "Redis is unavailable, retry");
+    return ngx_http_im_api_issued(r, rc);
+}
+
+
+/* the call went to the Redis link (NGX_OK): NGX_DONE; else the answer */
+
+static ngx_int_t
+ngx_http_im_api_issued(ngx_http_request_t *r, ngx_int_t rc)
+{
+    if (rc == NGX_OK) {
+        return NGX_DONE;
     }
 
-    return NGX_DONE;
+    ngx_http_im_api_release(r);
+
+    if (rc == NGX_DECLINED) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_im_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                             "Redis is unavailable, retry");
 }
 
 
@@ -573,6 +595,15 @@ ngx_http_im_api_reserve(ngx_http_request_t *r, ngx_stream_im_ref_t *ref)
     ref->slot = slot;
     ref->number = call->generation;
 
+    /* not cancelable: a worker that exits after a reload answers first */
+
+    ctx->timer.handler = ngx_http_im_api_timeout;
+    ctx->timer.data = r;
+    ctx->timer.log = r->connection->log;
+    ctx->timer.cancelable = 0;
+
+    ngx_add_timer(&ctx->timer, NGX_HTTP_IM_CALL_TIMEOUT);
+
     return NGX_OK;
 }
 
@@ -590,6 +621,30 @@ ngx_http_im_api_release(ngx_http_request_t *r)
     ngx_http_im_calls[ctx->slot].generation = 0;
     ngx_http_im_free[ngx_http_im_nfree++] = ctx->slot;
     ctx->generation = 0;
+
+    if (ctx->timer.timer_set) {
+        ngx_del_timer(&ctx->timer);
+    }
+}
+
+
+/* Redis did not answer in time: its late reply will find nobody */
+
+static void
+ngx_http_im_api_timeout(ngx_event_t *ev)
+{
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    r = ev->data;
+    c = r->connection;
+
+    ngx_http_im_api_release(r);
+
+    ngx_http_finalize_request(r, ngx_http_im_error(r,
+                                  NGX_HTTP_SERVICE_UNAVAILABLE,
+                                  "Redis did not answer in time, retry"));
+    ngx_http_run_posted_requests(c);
 }
 
 
@@ -613,12 +668,10 @@ ngx_http_im_api_reply(ngx_stream_im_ref_t *ref, redisReply *rr)
     }
 
     r = call->request;
-    ctx = ngx_http_get_module_ctx(r, ngx_http_im_module);
 
-    call->request = NULL;
-    call->generation = 0;
-    ctx->generation = 0;
-    ngx_http_im_free[ngx_http_im_nfree++] = ref->slot;
+    ngx_http_im_api_release(r);
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_im_module);
 
     c = r->connection;
 
@@ -789,7 +842,7 @@ ngx_http_im_send_run(ngx_http_request_t *r, ngx_http_im_api_ctx_t *ctx)
     }
 
     post.msg = msg;
-    ngx_str_null(&post.origin);
+    ngx_str_set(&post.origin, "");
     post.pool = r->pool;
     post.inbox_max = iscf->inbox_max;
     post.group_max = iscf->group_max;
@@ -804,18 +857,7 @@ ngx_http_im_send_run(ngx_http_request_t *r, ngx_http_im_api_ctx_t *ctx)
 
     rc = ngx_stream_im_router_post(&post, ngx_http_im_api_reply, &ref);
 
-    if (rc != NGX_OK) {
-        ngx_http_im_api_release(r);
-
-        if (rc == NGX_DECLINED) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        return ngx_http_im_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                 "Redis is unavailable, retry");
-    }
-
-    return NGX_DONE;
+    return ngx_http_im_api_issued(r, rc);
 }
 
 
@@ -942,7 +984,8 @@ ngx_http_im_presence_done(ngx_http_request_t *r, ngx_http_im_api_ctx_t *ctx,
                          "last_seen_ms", (json_int_t) e[2]->integer);
 
         if (user == NULL
-            || json_object_setn_nocheck(users, e[0]->str, e[0]->len, user))
+            || json_object_setn_new_nocheck(users, e[0]->str, e[0]->len,
+                                            user))
         {
             json_decref(root);
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -1331,7 +1374,7 @@ ngx_http_im_history_run(ngx_http_request_t *r, ngx_http_im_api_ctx_t *ctx)
     ngx_int_t               rc, limit;
     ngx_str_t               before, after, value, lo, hi;
     ngx_stream_im_ref_t     ref;
-    ngx_stream_im_msg_id_t  mid;
+    ngx_stream_im_msg_id_t  lower, upper;
 
     limit = NGX_HTTP_IM_HISTORY_LIMIT;
 
@@ -1348,14 +1391,33 @@ ngx_http_im_history_run(ngx_http_request_t *r, ngx_http_im_api_ctx_t *ctx)
     ngx_str_null(&after);
 
     if ((ngx_http_arg(r, (u_char *) "before", 6, &before) == NGX_OK
-         && ngx_stream_im_msg_id_parse(before.data, before.len, &mid)
+         && ngx_stream_im_msg_id_parse(before.data, before.len, &upper)
             != NGX_OK)
         || (ngx_http_arg(r, (u_char *) "after", 5, &after) == NGX_OK
-            && ngx_stream_im_msg_id_parse(after.data, after.len, &mid)
+            && ngx_stream_im_msg_id_parse(after.data, after.len, &lower)
                != NGX_OK))
     {
         return ngx_http_im_error(r, NGX_HTTP_BAD_REQUEST,
                                  "\"before\" and \"after\" are msg_ids");
+    }
+
+    if (before.len && after.len
+        && (lower.ms > upper.ms
+            || (lower.ms == upper.ms && lower.seq >= upper.seq)))
+    {
+        return ngx_http_im_error(r, NGX_HTTP_BAD_REQUEST,
+                                 "\"after\" must be older than \"before\"");
+    }
+
+    /* nothing is before the first id or after the last: Redis says so */
+
+    if ((before.len && upper.ms == 0 && upper.seq == 0)
+        || (after.len && lower.ms == (uint64_t) -1
+            && lower.seq == (uint64_t) -1))
+    {
+        return ngx_http_im_json(r, NGX_HTTP_OK,
+                                json_pack("{s:[], s:b}", "messages",
+                                          "more", 0));
     }
 
     ngx_str_set(&lo, "-");
@@ -1386,19 +1448,12 @@ ngx_http_im_history_run(ngx_http_request_t *r, ngx_http_im_api_ctx_t *ctx)
         return ngx_http_im_fail(r, rc);
     }
 
-    if (ngx_stream_im_router_inbox(&ctx->id, &lo, &hi, ctx->reverse,
-                                   (ngx_uint_t) limit,
-                                   NGX_HTTP_IM_HISTORY_BYTES,
-                                   ngx_http_im_api_reply, &ref)
-        != NGX_OK)
-    {
-        ngx_http_im_api_release(r);
+    rc = ngx_stream_im_router_inbox(&ctx->id, &lo, &hi, ctx->reverse,
+                                    (ngx_uint_t) limit,
+                                    NGX_HTTP_IM_HISTORY_BYTES,
+                                    ngx_http_im_api_reply, &ref);
 
-        return ngx_http_im_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                 "Redis is unavailable, retry");
-    }
-
-    return NGX_DONE;
+    return ngx_http_im_api_issued(r, rc);
 }
 
 

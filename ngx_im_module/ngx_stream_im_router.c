@@ -198,9 +198,16 @@ ngx_stream_im_router_check(Im__Message *m, Im__Error__Code *code,
         return NGX_DECLINED;
     }
 
-    if (ngx_strlen(m->type) > NGX_STREAM_IM_TYPE_MAX) {
+    len = ngx_strlen(m->type);
+
+    if (len > NGX_STREAM_IM_TYPE_MAX) {
         *code = IM__ERROR__CODE__TOO_LARGE;
         *reason = "type too long";
+        return NGX_DECLINED;
+    }
+
+    if (ngx_stream_im_utf8_valid((u_char *) m->type, len) != NGX_OK) {
+        *reason = "type is not UTF-8";
         return NGX_DECLINED;
     }
 

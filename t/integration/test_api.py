@@ -9,13 +9,15 @@ asserts that something was fast."""
 
 import base64
 import json
+import signal
+import threading
 import time
 
 import pytest
 
 from imchat import RawChat, next_id, poll, raw_auth, xlen
-from imtest import (body, error_code, free_port, frame, http_block,
-                    http_get, mint_token, write_key_file)
+from imtest import (OP_BINARY, body, encode, error_code, free_port, frame,
+                    http_block, http_get, mint_token, write_key_file)
 
 
 PREFIX = "/im/"
@@ -260,6 +262,9 @@ def test_group_size_at_im_group_max_members_and_one_over(nginx, redis):
         409, "CONFLICT")
     assert sorted(ok(n, "GET", "groups/g/members")["members"]) == \
         ["a", "b", "c"]
+    # a name removed twice is one member less, not two
+    err(n, "POST", "groups/g/members",
+        {"add": ["d", "e"], "remove": ["a", "a", "a"]}, 409, "CONFLICT")
     # a swap stays at 3
     assert ok(n, "POST", "groups/g/members",
               {"add": ["d"], "remove": ["a"]})["size"] == 3
@@ -459,8 +464,15 @@ def test_history_pages(nginx):
     assert ok(n, "GET", "users/nobody/history") == \
         {"messages": [], "more": False}
 
-    for q in ("limit=0", "limit=1001", "limit=x", "before=12", "after=a-b"):
+    for q in ("limit=0", "limit=1001", "limit=x", "before=12", "after=a-b",
+              "after=%s&before=%s" % (ids[3], ids[3]),
+              "after=%s&before=%s" % (ids[3], ids[1])):
         err(n, "GET", "users/dave/history?" + q)
+    # ranges Redis would refuse: nothing is there
+    top = "18446744073709551615-18446744073709551615"
+    for q in ("before=0-0", "after=" + top):
+        assert ok(n, "GET", "users/dave/history?" + q) == \
+            {"messages": [], "more": False}, q
 
 
 # -- the door itself
@@ -525,3 +537,44 @@ def test_redis_away_is_503_and_back(nginx, redis):
         return s == 200 and doc
 
     assert poll(sent, 30)
+
+
+def test_a_reload_answers_the_calls_redis_still_has(nginx, redis):
+    """A worker that exits after a reload answers its waiting calls
+    before it goes (their timer keeps it), here once Redis wakes up."""
+    n = api_nginx(nginx)
+    got = {}
+
+    def presence():
+        got["reply"] = http_get(n.http_port, PREFIX + "presence", "POST",
+                                json.dumps({"users": ["bob"]}).encode(),
+                                timeout=30)
+
+    redis.proc.send_signal(signal.SIGSTOP)
+    try:
+        t = threading.Thread(target=presence)
+        t.start()
+        time.sleep(0.5)
+        n.reload()
+        time.sleep(0.5)
+    finally:
+        redis.proc.send_signal(signal.SIGCONT)
+    t.join(30)
+    status, hdrs, content = got["reply"]
+    assert hdrs.get("content-type") == "application/json", got
+    assert status == 200, got
+    assert json.loads(content)["users"]["bob"]["online"] is False
+
+
+def test_a_send_whose_type_is_not_utf8_is_refused(nginx, redis):
+    n = api_nginx(nginx)
+    alice = raw_auth(n, "alice")
+    id = next_id()
+    raw = encode(frame(id=id, send={"to": "bob", "body": b"x",
+                                    "type": "T"}))
+    # field 5 of Send, one byte: "T" becomes a byte that is not UTF-8
+    assert raw.count(b"\x2a\x01T") == 1
+    alice.send_frame(OP_BINARY, raw.replace(b"\x2a\x01T", b"\x2a\x01\xff"))
+    f = alice.expect_error(id, "BAD_FRAME")
+    assert f.error.reason == "type is not UTF-8", f
+    assert xlen(redis, "bob") == 0
