@@ -202,6 +202,19 @@ def port_open(port, host="127.0.0.1"):
         return False
 
 
+def redis_answers(addr):
+    """True when a Redis at host:port answers PING within half a second
+    (a port that accepts and never answers is not a Redis)."""
+    host, _, port = addr.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=0.5) as s:
+            s.settimeout(0.5)
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except (OSError, ValueError):
+        return False
+
+
 def process_children(ppid):
     """[(pid, state, cmdline)] of the children of ppid, zombies included."""
     out = []
@@ -511,7 +524,25 @@ class Nginx:
                     and len(self.worker_pids()) >= self.workers)
 
         wait_until(ready, timeout, 0.02, "nginx on %s" % self.addr)
+        self.wait_links(self.worker_pids(), timeout)
         return self
+
+    def wait_links(self, pids, timeout=10):
+        """When im_redis names a Redis that answers PING, wait until each
+        of pids has logged its link up: a login before that is refused
+        with UNAVAILABLE, which is right but not what a test starts with."""
+        with open(self.conf_path) as fp:
+            addrs = re.findall(r"^\s*im_redis\s+(\S+);", fp.read(), re.M)
+        if not addrs or not all(redis_answers(a) for a in addrs):
+            return
+        want = {str(p) for p in pids}
+
+        def up():
+            got = set(re.findall(r"\] (\d+)#\d+: redis \S+ is up",
+                                 self.error_log))
+            return want <= got
+
+        wait_until(up, timeout, 0.05, "the workers' Redis links")
 
     @property
     def pid(self):
@@ -546,7 +577,9 @@ class Nginx:
             pids = [p for p in self.worker_pids() if p not in old]
             return pids if len(pids) >= self.workers else None
 
-        return wait_until(new_workers, timeout, 0.02, "new nginx workers")
+        pids = wait_until(new_workers, timeout, 0.02, "new nginx workers")
+        self.wait_links(pids, timeout)
+        return pids
 
     def stop(self, timeout=10):
         """Graceful stop (SIGQUIT); after `timeout` SIGTERM, then SIGKILL.
