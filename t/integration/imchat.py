@@ -288,11 +288,13 @@ class Chat:
             self._reader.cancel()
 
 
-async def login(n, user, device="", token=None, url=None, retry=0):
+async def login(n, user, device="", token=None, url=None, retry=0,
+                **connect):
     """Connect to nginx n and authenticate as user; returns the Chat.
     retry: for that many seconds, an Auth refused with UNAVAILABLE (a
-    worker whose Redis link is not back yet) is sent again."""
-    c = await Chat.connect(url or n.url)
+    worker whose Redis link is not back yet) is sent again; connect goes
+    to websockets' connect (e.g. ssl=)."""
+    c = await Chat.connect(url or n.url, **connect)
     deadline = time.monotonic() + retry
     while True:
         f = await c.auth(token or n.token(user), device)
