@@ -6,6 +6,7 @@
 #   ./build.sh build   build build/ngx_stream_im_module.so and the tools
 #   ./build.sh run     deps + build, then redis-server and nginx on loopback
 #   ./build.sh test    deps + build + every test: unit, integration,
+#                      the JS SDK and the web chat in Chromium,
 #                      conformance, a sanitizer pass, a 60 s chaos run,
 #                      a short fuzz run
 #   ./build.sh bench   deps + build, then the benchmark (bench/run:
@@ -44,6 +45,7 @@ packages=(
     python3 python3-pytest python3-websockets python3-protobuf
     python3-autobahn clang libclang-rt-14-dev llvm
     prometheus python3-prometheus-client
+    curl openssl chromium
 )
 
 
@@ -63,6 +65,11 @@ deps() {
             missing+=("$p")
         fi
     done
+
+    # the machine's own Node.js and npm if it has them, Debian's if not
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        missing+=(nodejs npm)
+    fi
 
     if [ ${#missing[@]} -eq 0 ]; then
         return
@@ -169,11 +176,28 @@ build_bench() {
 }
 
 
+# the JS SDK (clients/js): its npm packages from the lockfile, the
+# descriptor generated from proto/im.proto, the browser bundle in build/web
+build_js() {
+    local js=$top/clients/js
+
+    log "building the JS SDK"
+    if [ ! -f "$js/node_modules/.package-lock.json" ] \
+       || [ "$js/package-lock.json" -nt "$js/node_modules/.package-lock.json" ]
+    then
+        (cd "$js" && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+    (cd "$js" && node scripts/gen.js \
+        && node scripts/bundle.js "$build/web/ngx-im.js")
+}
+
+
 build_all() {
     build_module
     build_tools
     build_bench
     build_unit
+    build_js
 }
 
 
@@ -193,6 +217,14 @@ run_integration() {
     log "integration tests"
     IM_MODULE="$build/ngx_stream_im_module.so" IM_BUILD="$build" \
         "$python" -m pytest -q -p no:cacheprovider "$top/t/integration" "$@"
+}
+
+
+# the SDK's tests and the web chat in Chromium (clients/js/test)
+run_js() {
+    log "JS SDK and browser tests"
+    (cd "$top/clients/js" && IM_BUILD="$build" \
+        node --test --test-concurrency=1 test/)
 }
 
 
@@ -229,6 +261,7 @@ run_servers() {
     local port=${IM_PORT:-8080}
     local rport=${IM_REDIS_PORT:-6379}
     local hport=${IM_HTTP_PORT:-8081}
+    local tport=${IM_TOKEN_PORT:-8082}
     local url alice bob
 
     mkdir -p "$dir/logs"
@@ -246,6 +279,8 @@ run_servers() {
     sed -e "s,@MODULE@,$build/ngx_stream_im_module.so,g" \
         -e "s,@PORT@,$port,g" -e "s,@REDIS@,127.0.0.1:$rport,g" \
         -e "s,@DIR@,$dir,g" -e "s,@HTTP_PORT@,$hport,g" \
+        -e "s,@WEB@,$top/examples/web-chat,g" -e "s,@BUNDLE@,$build/web,g" \
+        -e "s,@TOKEN_PORT@,$tport,g" \
         "$top/t/conf/nginx.conf" >"$dir/nginx.conf"
 
     /usr/sbin/nginx -t -q -p "$dir" -c "$dir/nginx.conf"
@@ -254,16 +289,31 @@ run_servers() {
     redis_pid=$!
     /usr/sbin/nginx -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;' &
     nginx_pid=$!
+    # the web chat's demo-only token endpoint, behind nginx's /demo/token
+    node "$top/examples/web-chat/demo-token.js" --port "$tport" \
+        --key "$dir/im.key" --im-token "$build/im-token" --ws "$url" &
+    token_pid=$!
 
-    # Ctrl-C, a kill or an nginx that stops: both servers go
-    trap 'kill $nginx_pid $redis_pid 2>/dev/null; wait 2>/dev/null' \
+    # Ctrl-C, a kill or an nginx that stops: all three go
+    trap 'kill $nginx_pid $redis_pid $token_pid 2>/dev/null; wait 2>/dev/null' \
         EXIT INT TERM
+
+    # the web chat's open group
+    for _ in $(seq 50); do
+        curl -sf -X PUT "http://127.0.0.1:$hport/im/groups/lobby" \
+            -d '{"open": true}' >/dev/null && break
+        sleep 0.1
+    done
 
     cat <<EOF
 
 ngx_im is listening on $url (subprotocol im.v1)
 redis-server on 127.0.0.1:$rport, data in $dir
 logs: $dir/logs/error.log
+
+The web chat: open http://127.0.0.1:$hport/chat/ in two browsers (or a
+private window) and sign in with two names.  Its token endpoint signs a
+token for any name: a demo, never a deployment (docs/security.md).
 
 Try it in two more terminals (the tokens are valid for 24 hours):
 
@@ -344,6 +394,7 @@ case "$cmd" in
         rc=0
         run_unit || rc=1
         run_integration "$@" || rc=1
+        run_js || rc=1
         run_conformance || rc=1
         run_sanitized || rc=1
         run_chaos 60 || rc=1
@@ -351,7 +402,7 @@ case "$cmd" in
         exit $rc
         ;;
     *)
-        sed -n '3,19s/^# \{0,1\}//p' "$0"
+        sed -n '3,20s/^# \{0,1\}//p' "$0"
         exit 2
         ;;
 esac

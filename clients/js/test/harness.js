@@ -5,7 +5,8 @@
 // IM_BUILD/ngx_stream_im_module.so, tokens come from IM_BUILD/im-token.
 
 import { execFile, spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync }
+    from "node:fs";
 import { createServer, connect as tcpConnect } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -114,7 +115,9 @@ export class Redis {
 
 /**
  * nginx with the module: the stream server on a free port (TLS when
- * options.tls = {cert, key}), `workers` workers, Redis at redis.port.
+ * options.tls = {cert, key}), `workers` workers, Redis at redis.port;
+ * or, with options.runConf, the config of ./build.sh run
+ * (t/conf/nginx.conf) with options.tokenPort for its demo endpoint.
  */
 export class Nginx {
     constructor(redis, options = {}) {
@@ -133,6 +136,35 @@ export class Nginx {
         const scheme = tls ? "wss" : "ws";
         this.url = scheme + "://127.0.0.1:" + this.port + "/";
         this.conf = join(this.dir, "nginx.conf");
+        this.log = join(this.dir, "error.log");
+        if (this.o.runConf) {
+            this.writeRunConf();
+        } else {
+            this.writeConf(tls);
+        }
+        this.proc = spawn(NGINX, ["-p", this.dir + "/", "-c", this.conf,
+            "-e", this.log,
+            "-g", "daemon off; master_process on;"], { stdio: "ignore" });
+        await waitFor(() => answers(this.port), 10000, "nginx");
+        await this.linksUp(await this.waitWorkers(new Set()));
+        return this;
+    }
+
+    writeRunConf() {
+        const vars = {
+            MODULE, PORT: this.port, REDIS: "127.0.0.1:" + this.redis.port,
+            DIR: this.dir, HTTP_PORT: this.httpPort,
+            WEB: join(top, "examples", "web-chat"),
+            BUNDLE: join(build, "web"), TOKEN_PORT: this.o.tokenPort,
+        };
+        mkdirSync(join(this.dir, "logs"));
+        this.log = join(this.dir, "logs", "error.log");
+        writeFileSync(this.conf, readFileSync(join(top, "t", "conf",
+            "nginx.conf"), "utf8").replace(/@([A-Z_]+)@/g,
+            (_, k) => String(vars[k])));
+    }
+
+    writeConf(tls) {
         writeFileSync(this.conf, [
             "load_module " + STREAM + ";",
             "load_module " + MODULE + ";",
@@ -162,12 +194,6 @@ export class Nginx {
             "}",
             "",
         ].join("\n"));
-        this.proc = spawn(NGINX, ["-p", this.dir + "/", "-c", this.conf,
-            "-e", join(this.dir, "error.log"),
-            "-g", "daemon off; master_process on;"], { stdio: "ignore" });
-        await waitFor(() => answers(this.port), 10000, "nginx");
-        await this.linksUp(await this.waitWorkers(new Set()));
-        return this;
     }
 
     workerPids() {
@@ -204,7 +230,7 @@ export class Nginx {
         return waitFor(() => {
             let log = "";
             try {
-                log = readFileSync(join(this.dir, "error.log"), "utf8");
+                log = readFileSync(this.log, "utf8");
             } catch {
                 return false;
             }
@@ -247,7 +273,7 @@ export class Nginx {
     }
 
     errorLog() {
-        return readFileSync(join(this.dir, "error.log"), "utf8");
+        return readFileSync(this.log, "utf8");
     }
 
     /** A token for user, valid for ttl ("1h", "3s", ...). */
