@@ -407,7 +407,7 @@ case "$cmd" in
         exit $rc
         ;;
     *)
-        sed -n '3,20s/^# \{0,1\}//p' "$0"
+        sed -n '3,21s/^# \{0,1\}//p' "$0"
         exit 2
         ;;
 esac
