@@ -195,7 +195,7 @@ async function signIn(name) {
     // the first token brings the WebSocket URL along
     let first = await demoToken(name);
     im = new ImClient({
-        url: first.url, device: "web",
+        url: first.url, device: tabDevice(),
         getToken: async () => {
             const t = first || await demoToken(name);
             first = null;
@@ -228,6 +228,17 @@ async function signIn(name) {
     conv("g:" + LOBBY);
     await loadOlder(2);
     open(active || "g:" + LOBBY);
+}
+
+// a device id of this tab, kept across reloads: two tabs sharing one
+// would share one cursor, and one would miss what the other acked
+function tabDevice() {
+    let d = sessionStorage.getItem("im-demo-device");
+    if (!d) {
+        d = "web-" + crypto.randomUUID().slice(0, 8);
+        sessionStorage.setItem("im-demo-device", d);
+    }
+    return d;
 }
 
 // {token, url, expires_at_ms} from the demo endpoint (demo-token.js)
@@ -270,11 +281,19 @@ $("composer").onsubmit = async (e) => {
     if (!text || !active) {
         return;
     }
-    $("text").value = "";
     const target = active.startsWith("g:") ? { group: active.slice(2) }
         : { to: active.slice(2) };
     const key = active;
-    const ack = await im.send({ ...target, body: text });
+    let ack;
+    try {
+        ack = await im.send({ ...target, body: text });
+    } catch (err) {
+        $("typing").textContent = "not sent: " + (err.reason || err.message);
+        return;
+    }
+    if ($("text").value === text) {
+        $("text").value = "";
+    }
     const m = { msgId: ack.msgId, from: me, to: target.to || "",
         group: target.group || "", text, type: "", tsMs: ack.tsMs };
     const c = conv(key);

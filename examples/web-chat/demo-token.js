@@ -34,7 +34,12 @@ function answer(res, status, doc) {
 }
 
 createServer((req, res) => {
-    const url = new URL(req.url, "http://localhost");
+    let url;
+    try {
+        url = new URL(req.url, "http://localhost");
+    } catch {
+        return answer(res, 400, { error: "BAD_FIELD", reason: "bad URL" });
+    }
     const user = url.searchParams.get("user") || "";
     if (req.method !== "GET" || url.pathname !== "/demo/token") {
         return answer(res, 404, { error: "NOT_FOUND" });

@@ -20,13 +20,31 @@ const OWN_IDS = 1024;
 // a PresenceSub carries at most this many users
 const PRESENCE_CHUNK = 100;
 
+// a Sync page holds at most this many messages (docs/protocol.md)
+const SYNC_MAX = 1000;
+
+// the longest delay setTimeout takes; longer ones fire at once
+const TIMER_MAX = 0x7fffffff;
+
+// a connection counts as good (the backoff starts over) after this long
+const STABLE_MS = 10000;
+
+// the shortest wait before a token refresh, whatever the clocks say
+const REFRESH_MIN_MS = 1000;
+
+// what each request kind may be answered with
+const REPLIES = {
+    send: ["sendAck"], sync: ["message", "syncDone"],
+    presence: ["presence"], group: ["ok"],
+};
+
 const TEXT = new TextEncoder();
 const UTF8 = new TextDecoder();
 
 const ID_FORM = /^[A-Za-z0-9_.@-]{1,64}$/;
 
 /** A failure the client reports: code is an Error.Code name or CLOSED,
- *  QUEUE_FULL, PROTOCOL, TIMEOUT. */
+ *  QUEUE_FULL, PROTOCOL. */
 export class ImError extends Error {
     constructor(code, reason) {
         super(code + (reason ? ": " + reason : ""));
@@ -43,7 +61,7 @@ export class ImClient extends Emitter {
     #conn = null;           // the current connection
     #connGen = 0;
     #nextId = 1;
-    #attempt = 0;           // failed connections since the last AuthOk
+    #attempt = 0;           // connections since the last stable one
     #retryTimer = null;
     #token = "";            // the token of the current Auth
 
@@ -107,6 +125,8 @@ export class ImClient extends Emitter {
         return this.#queue.length;
     }
 
+    #maxFrame = 0;          // AuthOk.max_frame, 0 until known
+
     /**
      * Starts connecting (and reconnecting, until close()); resolves at the
      * first AuthOk, rejects if the client is closed first or the token is
@@ -147,8 +167,11 @@ export class ImClient extends Emitter {
         if (!ID_FORM.test(cmid)) {
             return Promise.reject(new TypeError("bad clientMsgId"));
         }
-        const body = typeof m.body === "string" ? TEXT.encode(m.body)
-            : (m.body || new Uint8Array(0));
+        const body = bodyBytes(m.body);
+        if (!body) {
+            return Promise.reject(new TypeError(
+                "body: a string, Uint8Array or ArrayBuffer"));
+        }
         return this.#enqueue({
             kind: "send",
             frame: {
@@ -274,6 +297,7 @@ export class ImClient extends Emitter {
             ws, authed: false, authId: 0, authTries: 0, lastRx: Date.now(),
             ackedUpTo: "", ackTimer: null, timers: new Set(),
             pingInterval: 30000, goaway: false, fatal: null,
+            refreshTimer: null, authedAt: 0,
         };
         this.#conn = c;
 
@@ -316,6 +340,9 @@ export class ImClient extends Emitter {
         }
         this.#conn = null;
         this.#endConn(c, 1000, "");
+        if (c.authedAt && Date.now() - c.authedAt >= STABLE_MS) {
+            this.#attempt = 0;
+        }
         for (const q of this.#queue) {
             q.sentOn = null;
         }
@@ -331,8 +358,11 @@ export class ImClient extends Emitter {
             }
             return;
         }
-        if (c.goaway) {
-            // the server asked for it: no backoff, only a little jitter
+        if (c.goaway && this.#attempt === 0) {
+            // the server asked for it: no backoff, only a little jitter;
+            // counted, so that a server that says so at once every time
+            // gets the backoff from the next time on
+            this.#attempt++;
             this.#setState("waiting");
             this.#retryTimer = setTimeout(() => this.#open(),
                 Math.random() * 100);
@@ -347,6 +377,7 @@ export class ImClient extends Emitter {
         }
         c.timers.clear();
         clearTimeout(c.ackTimer);
+        clearTimeout(c.refreshTimer);
         c.ws.onopen = c.ws.onmessage = c.ws.onclose = null;
         c.ws.onerror = () => {};
         try {
@@ -373,8 +404,9 @@ export class ImClient extends Emitter {
             if (c === this.#conn) {
                 fn();
             }
-        }, ms);
+        }, Math.min(Math.max(0, ms), TIMER_MAX));
         c.timers.add(t);
+        return t;
     }
 
     #setState(s) {
@@ -416,21 +448,38 @@ export class ImClient extends Emitter {
             return;
         }
 
+        try {
+            this.#dispatch(c, f);
+        } catch (e) {
+            this.emit("error", new ImError("PROTOCOL",
+                "bad frame from the server: " + e.message));
+            this.#lost(c, "bad frame from the server");
+        }
+    }
+
+    #dispatch(c, f) {
         switch (f.body) {
         case "authOk":
             this.#authOk(c, f);
             return;
         case "message":
+            checkId(f.message.msgId);
             if (f.id === 0) {
                 this.#pushed(c, f.message);
             } else {
                 this.#answer(f, (q) => {
+                    if (q.messages.length >= SYNC_MAX) {
+                        throw new Error("a Sync page over " + SYNC_MAX);
+                    }
                     q.messages.push(message(f.message));
                     return false;
                 });
             }
             return;
         case "syncDone":
+            if (f.syncDone.last) {
+                checkId(f.syncDone.last);
+            }
             this.#answer(f, (q) => {
                 q.resolve({
                     messages: q.messages, last: f.syncDone.last,
@@ -440,6 +489,7 @@ export class ImClient extends Emitter {
             });
             return;
         case "sendAck":
+            checkId(f.sendAck.msgId);
             this.#answer(f, (q) => {
                 this.#stored(f.sendAck.msgId);
                 q.resolve({
@@ -483,6 +533,7 @@ export class ImClient extends Emitter {
         this.user = a.user;
         this.session = a.session;
         this.expiresAtMs = a.expiresAtMs;
+        this.#maxFrame = a.maxFrame;
         c.pingInterval = a.pingIntervalMs || 30000;
         this.#scheduleRefresh(c);
 
@@ -491,7 +542,7 @@ export class ImClient extends Emitter {
             return;
         }
         c.authed = true;
-        this.#attempt = 0;
+        c.authedAt = Date.now();
         this.#setState("open");
         this.#heartbeat(c);
         this.emit("connect", { user: a.user, session: a.session });
@@ -502,28 +553,35 @@ export class ImClient extends Emitter {
         this.#flush();
     }
 
-    // a new token before this one expires: Auth again on the same socket
+    // a new token before this one expires: Auth again on the same socket.
+    // One timer per connection, never sooner than REFRESH_MIN_MS: the
+    // server's clock and ours may disagree by more than the token lives.
     #scheduleRefresh(c) {
         if (!this.#o.getToken || !this.expiresAtMs) {
             return;
         }
+        clearTimeout(c.refreshTimer);
         const left = this.expiresAtMs - Date.now();
         const margin = Math.min(this.#o.refreshMarginMs, left / 5);
-        this.#later(c, async () => {
+        const fire = async () => {
             let token;
             try {
                 token = await this.#o.getToken();
             } catch (e) {
-                this.emit("error", new ImError("UNAUTHENTICATED",
-                    "getToken failed: " + (e && e.message)));
-                this.#later(c, () => this.#scheduleRefresh(c), 1000);
+                if (c === this.#conn) {
+                    this.emit("error", new ImError("UNAUTHENTICATED",
+                        "getToken failed: " + (e && e.message)));
+                    c.refreshTimer = this.#later(c, fire, REFRESH_MIN_MS);
+                }
                 return;
             }
             if (c === this.#conn) {
                 this.#token = token;
                 this.#auth(c);
             }
-        }, Math.max(0, left - margin));
+        };
+        c.refreshTimer = this.#later(c, fire,
+            Math.max(REFRESH_MIN_MS, left - margin));
     }
 
     // a Ping when the server has been quiet; a new connection when it
@@ -545,6 +603,9 @@ export class ImClient extends Emitter {
     }
 
     #goaway(c, after) {
+        if (c.goaway) {
+            return;
+        }
         c.goaway = true;
         this.emit("goaway", { reconnectAfterMs: after });
         // keep reading until then; the server closes at about that time
@@ -712,12 +773,25 @@ export class ImClient extends Emitter {
                 syncs++;
             }
         }
+        // a send waiting to be retried holds back the ones behind it,
+        // so that they are stored in the order sent
+        let sendsHeld = false;
+        const tooLarge = [];
         for (const q of this.#queue) {
-            if (q.sentOn === c || q.retryAt > now) {
+            if (q.sentOn === c) {
+                continue;
+            }
+            if (q.retryAt > now) {
+                sendsHeld ||= q.kind === "send";
                 continue;
             }
             if (q.kind === "send") {
-                if (sends >= this.#o.sendWindow) {
+                if (sends >= this.#o.sendWindow || sendsHeld) {
+                    continue;
+                }
+                q.size ||= encode({ id: 0xffffffff, ...q.frame }).length;
+                if (this.#maxFrame && q.size > this.#maxFrame) {
+                    tooLarge.push(q);
                     continue;
                 }
                 sends++;
@@ -734,6 +808,11 @@ export class ImClient extends Emitter {
             q.sentOn = c;
             this.#write(c, { id: q.id, ...q.frame });
         }
+        for (const q of tooLarge) {
+            this.#queue.splice(this.#queue.indexOf(q), 1);
+            q.reject(new ImError("TOO_LARGE", "over the server's max_frame ("
+                + this.#maxFrame + " bytes)"));
+        }
     }
 
     // the answer to request f.id: done(q) returns true when q is over
@@ -745,6 +824,9 @@ export class ImClient extends Emitter {
             return;
         }
         const q = this.#queue[i];
+        if (!REPLIES[q.kind].includes(f.body) && f.body !== "error") {
+            throw new Error("a " + f.body + " answering a " + q.kind);
+        }
         if (done(q)) {
             this.#queue.splice(i, 1);
             this.#flush();
@@ -759,7 +841,10 @@ export class ImClient extends Emitter {
     }
 
     async #presenceSubscribe(users) {
-        const list = [...new Set(users || [])];
+        if (!Array.isArray(users)) {
+            throw new TypeError("users: an array of user ids");
+        }
+        const list = [...new Set(users)];
         if (!list.length || !list.every((u) => ID_FORM.test(u))) {
             throw new TypeError("need valid user ids");
         }
@@ -801,6 +886,25 @@ function message(m) {
         body: m.body, text: UTF8.decode(m.body), tsMs: m.tsMs,
         clientMsgId: m.clientMsgId, type: m.type,
     };
+}
+
+function bodyBytes(b) {
+    if (b === undefined || b === null) {
+        return new Uint8Array(0);
+    }
+    if (typeof b === "string") {
+        return TEXT.encode(b);
+    }
+    if (b instanceof ArrayBuffer) {
+        return new Uint8Array(b);
+    }
+    return b instanceof Uint8Array ? b : null;
+}
+
+function checkId(id) {
+    if (!isMsgId(id)) {
+        throw new Error("a bad msg_id " + JSON.stringify(id).slice(0, 40));
+    }
 }
 
 function randomId() {

@@ -8,8 +8,15 @@ export { ImError } from "./client.js";
 export { codes } from "./wire.js";
 export { compareMsgId, isMsgId } from "./msgid.js";
 
+// no frame of the server is larger than im_max_frame; ws's own default
+// would take 100 MiB
+const MAX_PAYLOAD = 16 << 20;
+
 export class ImClient extends BaseClient {
     constructor(options) {
-        super({ WebSocket, ...options });
+        super({
+            WebSocket, ...options,
+            wsOptions: { maxPayload: MAX_PAYLOAD, ...options?.wsOptions },
+        });
     }
 }

@@ -13,7 +13,14 @@ before(async () => {
     s = await servers();
 });
 
+// a test that fails leaves its clients open: closed here, or they would
+// reconnect to the stopped servers and keep the test process alive
+const clients = [];
+
 after(async () => {
+    for (const c of clients) {
+        c.close();
+    }
     await s?.stop();
 });
 
@@ -21,6 +28,7 @@ async function client(user, options = {}) {
     const c = new ImClient({
         url: s.nginx.url, getToken: () => s.nginx.token(user), ...options,
     });
+    clients.push(c);
     const seen = { message: [], receipt: [], typing: [], presence: [],
         error: [] };
     for (const k of Object.keys(seen)) {
@@ -159,6 +167,16 @@ test("what the client refuses before it reaches the server", async () => {
     await assert.rejects(c.send({ to: "q", body: "3" }),
         (e) => e.code === "QUEUE_FULL");
     await Promise.all([a, b]);
+
+    // from the attack review: a send over max_frame is refused here and
+    // does not hold up the next; an ArrayBuffer body is sent whole
+    await assert.rejects(c.send({ to: "q", body: "x".repeat(70000) }),
+        (e) => e.code === "TOO_LARGE");
+    await c.send({ to: "q", body: new Uint8Array([1, 2, 3]).buffer });
+    const last = await c.history(undefined, 1);
+    assert.deepEqual([...last.messages[0].body], [1, 2, 3]);
+    await assert.rejects(c.send({ to: "q", body: 5 }), TypeError);
+    await assert.rejects(c.presence.subscribe("alice"), TypeError);
 
     // a server error for a request rejects that request only
     await assert.rejects(c.send({ to: "q", type: "x".repeat(65) }),

@@ -14,7 +14,14 @@ before(async () => {
     s = await servers({ workers: 2 });
 });
 
+// a test that fails leaves its clients open: closed here, or they would
+// reconnect to the stopped servers and keep the test process alive
+const clients = [];
+
 after(async () => {
+    for (const c of clients) {
+        c.close();
+    }
     await s?.stop();
 });
 
@@ -23,6 +30,7 @@ function client(user, options = {}) {
         url: s.nginx.url, getToken: () => s.nginx.token(user),
         backoffMinMs: 50, backoffMaxMs: 1000, ...options,
     });
+    clients.push(c);
     c.got = [];
     c.events = [];
     c.on("message", (m) => c.got.push(m));
@@ -152,3 +160,18 @@ test("a client the backend disconnects stops; close() is clean", async () => {
     assert.equal(errors[0].code, "FORBIDDEN");
     assert.equal(errors[0].reason, "go away");
 });
+
+test("sends made while Redis is down are stored in the order sent",
+    async () => {
+        const a = client("orderly");
+        await a.connect();
+        await s.redis.stop();
+        const acks = Array.from({ length: 20 }, (_, n) =>
+            a.send({ to: "orderly-peer", body: "n" + n }));
+        await sleep(700);
+        await s.redis.start();
+        const ids = (await Promise.all(acks)).map((x) => x.msgId);
+        const sorted = [...ids].sort(compareMsgId);
+        assert.deepEqual(ids, sorted);
+        a.close();
+    });

@@ -15,7 +15,14 @@ before(async () => {
     s = await servers({ tls: cert });
 });
 
+// a test that fails leaves its clients open: closed here, or they would
+// reconnect to the stopped servers and keep the test process alive
+const clients = [];
+
 after(async () => {
+    for (const c of clients) {
+        c.close();
+    }
     await s?.stop();
 });
 
@@ -24,6 +31,7 @@ function client(user, wsOptions) {
         url: s.nginx.url, getToken: () => s.nginx.token(user),
         wsOptions, backoffMinMs: 50, backoffMaxMs: 500,
     });
+    clients.push(c);
     c.got = [];
     c.goaways = 0;
     c.on("message", (m) => c.got.push(m.msgId));
