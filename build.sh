@@ -6,10 +6,10 @@
 #   ./build.sh build   build build/ngx_stream_im_module.so and the tools
 #   ./build.sh run     deps + build, then redis-server and nginx on loopback
 #   ./build.sh test    deps + build + every test: unit, integration,
+#                      the JS SDK and the web chat in Chromium,
 #                      conformance, a sanitizer pass, a 60 s chaos run,
 #                      a short fuzz run
-#   ./build.sh test-js deps + build, then the JS SDK's tests and the web
-#                      chat in Chromium (not yet part of test: a hang)
+#   ./build.sh test-js deps + build, then only the JS SDK's tests
 #   ./build.sh bench   deps + build, then the benchmark (bench/run:
 #                      --sessions N, --peers); figures in build/bench
 #   ./build.sh fuzz [seconds]
@@ -296,7 +296,7 @@ run_servers() {
     token_pid=$!
 
     # Ctrl-C, a kill or an nginx that stops: all three go
-    trap 'kill $nginx_pid $redis_pid $token_pid 2>/dev/null; wait 2>/dev/null' \
+    trap 'kill $nginx_pid $redis_pid $token_pid 2>/dev/null; wait' \
         EXIT INT TERM
 
     # the web chat's open group
@@ -400,6 +400,7 @@ case "$cmd" in
         rc=0
         run_unit || rc=1
         run_integration "$@" || rc=1
+        run_js || rc=1
         run_conformance || rc=1
         run_sanitized || rc=1
         run_chaos 60 || rc=1
@@ -407,7 +408,7 @@ case "$cmd" in
         exit $rc
         ;;
     *)
-        sed -n '3,21s/^# \{0,1\}//p' "$0"
+        sed -n '3,22s/^# \{0,1\}//p' "$0"
         exit 2
         ;;
 esac
