@@ -686,10 +686,12 @@ export class ImClient extends Emitter {
             } else {
                 this.emit("message", message(m));
             }
+            // our ids come in the order stored: the passed ones first
             for (const own of this.#ownIds) {
-                if (compareMsgId(own, id) <= 0) {
-                    this.#ownIds.delete(own);
+                if (compareMsgId(own, id) > 0) {
+                    break;
                 }
+                this.#ownIds.delete(own);
             }
         }
         if (c.ackTimer === null || c.ackTimer === undefined) {
