@@ -42,7 +42,7 @@ packages=(
     libpcre2-dev libssl-dev zlib1g-dev
     libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
     libhiredis-dev libsodium-dev libjansson-dev
-    redis-server
+    redis-server redis-sentinel
     python3 python3-pytest python3-websockets python3-protobuf
     python3-autobahn clang libclang-rt-14-dev llvm
     prometheus python3-prometheus-client

@@ -72,8 +72,25 @@ typedef struct {
 } ngx_stream_im_srv_conf_t;
 
 
+/* where the worker's Redis is and how to talk to it (im_redis*) */
+
 typedef struct {
-    ngx_addr_t                    *redis;      /* one per worker, shared */
+    ngx_addr_t                    *addr;       /* NULL: ask the sentinels */
+    ngx_array_t                   *sentinels;  /* of ngx_addr_t */
+    ngx_str_t                      master;     /* the sentinels' name of it */
+    ngx_str_t                      user;       /* AUTH, from a file */
+    ngx_str_t                      password;
+    ngx_str_t                      sentinel_user;
+    ngx_str_t                      sentinel_password;
+    ngx_int_t                      db;         /* SELECT, -1: not set */
+    ngx_uint_t                     wait;       /* replicas before SendAck */
+    ngx_msec_t                     wait_timeout;
+    ngx_flag_t                     set;        /* im_redis was given */
+} ngx_stream_im_redis_conf_t;
+
+
+typedef struct {
+    ngx_stream_im_redis_conf_t     redis;      /* one link per worker */
     ngx_stream_im_srv_conf_t      *first;      /* the first im server's */
     ngx_shm_zone_t                *metrics;
     size_t                         max_frame;  /* the largest of all servers */
@@ -354,6 +371,7 @@ void ngx_stream_im_session_ref(ngx_stream_im_session_t *ctx,
 typedef struct {
     ngx_str_t                      text;
     u_char                         sha[41];
+    ngx_uint_t                     replicated; /* reply waits for WAIT */
 } ngx_stream_im_script_t;
 
 extern ngx_stream_im_script_t  ngx_stream_im_scripts[];
@@ -369,8 +387,17 @@ typedef void (*ngx_stream_im_redis_message_pt)(ngx_str_t *channel,
 /* the link is ready: fresh, a new link; else the routes lapsed */
 typedef void (*ngx_stream_im_redis_ready_pt)(ngx_uint_t fresh);
 
+void ngx_stream_im_redis_conf_init(ngx_stream_im_redis_conf_t *rcf);
+char *ngx_stream_im_redis_conf_merge(ngx_conf_t *cf,
+    ngx_stream_im_redis_conf_t *rcf);
+char *ngx_stream_im_redis_set(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_stream_im_redis_password(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_stream_im_redis_wait_set(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 ngx_int_t ngx_stream_im_redis_init_worker(ngx_cycle_t *cycle,
-    ngx_addr_t *addr);
+    ngx_stream_im_redis_conf_t *conf);
 void ngx_stream_im_redis_start(void);
 ngx_int_t ngx_stream_im_redis_on_message(ngx_str_t *prefix,
     ngx_stream_im_redis_message_pt handler);

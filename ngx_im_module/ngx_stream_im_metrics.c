@@ -125,7 +125,10 @@ static char  *ngx_stream_im_counter_names[NGX_STREAM_IM_M_COUNTERS][2] = {
     { "ngx_im_goaways_total",
       "Goaway frames sent (reload, quit)." },
     { "ngx_im_redis_reconnects_total",
-      "Redis links brought up again after a failure." }
+      "Redis links brought up again after a failure." },
+    { "ngx_im_redis_wait_failed_total",
+      "WAITs answered by fewer replicas than im_redis_wait in time "
+      "(the sends behind them were answered UNAVAILABLE)." }
 };
 
 

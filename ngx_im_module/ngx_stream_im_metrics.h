@@ -44,7 +44,8 @@
 #define NGX_STREAM_IM_M_RATE_LIMITED     2
 #define NGX_STREAM_IM_M_GOAWAYS          3
 #define NGX_STREAM_IM_M_RECONNECTS       4
-#define NGX_STREAM_IM_M_COUNTERS         5
+#define NGX_STREAM_IM_M_WAIT_FAILED      5
+#define NGX_STREAM_IM_M_COUNTERS         6
 
 /* what /health says of a worker whose state is older than this */
 #define NGX_STREAM_IM_M_STALLED          15000

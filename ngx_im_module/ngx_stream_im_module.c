@@ -11,17 +11,12 @@
 #include "ngx_stream_im.h"
 
 
-#define NGX_STREAM_IM_REDIS_PORT   6379
-
-
 static void *ngx_stream_im_create_main_conf(ngx_conf_t *cf);
 static char *ngx_stream_im_init_main_conf(ngx_conf_t *cf, void *conf);
 static void *ngx_stream_im_create_srv_conf(ngx_conf_t *cf);
 static char *ngx_stream_im_merge_srv_conf(ngx_conf_t *cf, void *parent,
     void *child);
 static char *ngx_stream_im(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
-static char *ngx_stream_im_redis(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf);
 static char *ngx_stream_im_token_key(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_stream_im_origins(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -44,6 +39,11 @@ static ngx_conf_num_bounds_t  ngx_stream_im_inbox_max_bounds = {
 };
 
 
+static ngx_conf_num_bounds_t  ngx_stream_im_db_bounds = {
+    ngx_conf_check_num_bounds, 0, 65535
+};
+
+
 static ngx_conf_num_bounds_t  ngx_stream_im_count_bounds = {
     ngx_conf_check_num_bounds, 1, 1000000
 };
@@ -60,7 +60,36 @@ static ngx_command_t  ngx_stream_im_commands[] = {
 
     { ngx_string("im_redis"),
       NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
-      ngx_stream_im_redis,
+      ngx_stream_im_redis_set,
+      NGX_STREAM_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("im_redis_password"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_stream_im_redis_password,
+      NGX_STREAM_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("im_redis_sentinel_password"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_stream_im_redis_password,
+      NGX_STREAM_MAIN_CONF_OFFSET,
+      1,
+      NULL },
+
+    { ngx_string("im_redis_db"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_STREAM_MAIN_CONF_OFFSET,
+      offsetof(ngx_stream_im_main_conf_t, redis)
+          + offsetof(ngx_stream_im_redis_conf_t, db),
+      &ngx_stream_im_db_bounds },
+
+    { ngx_string("im_redis_wait"),
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE2,
+      ngx_stream_im_redis_wait_set,
       NGX_STREAM_MAIN_CONF_OFFSET,
       0,
       NULL },
@@ -223,6 +252,8 @@ ngx_stream_im_create_main_conf(ngx_conf_t *cf)
         return NULL;
     }
 
+    ngx_stream_im_redis_conf_init(&imcf->redis);
+
     return imcf;
 }
 
@@ -232,25 +263,7 @@ ngx_stream_im_init_main_conf(ngx_conf_t *cf, void *conf)
 {
     ngx_stream_im_main_conf_t *imcf = conf;
 
-    if (imcf->redis) {
-        return NGX_CONF_OK;
-    }
-
-    imcf->redis = ngx_pcalloc(cf->pool, sizeof(ngx_addr_t));
-    if (imcf->redis == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    if (ngx_parse_addr_port(cf->pool, imcf->redis, (u_char *) "127.0.0.1:6379",
-                            sizeof("127.0.0.1:6379") - 1)
-        != NGX_OK)
-    {
-        return NGX_CONF_ERROR;
-    }
-
-    ngx_str_set(&imcf->redis->name, "127.0.0.1:6379");
-
-    return NGX_CONF_OK;
+    return ngx_stream_im_redis_conf_merge(cf, &imcf->redis);
 }
 
 
@@ -419,72 +432,6 @@ ngx_stream_im(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     cscf->handler = ngx_stream_im_session_handler;
     iscf->enabled = 1;
-
-    return NGX_CONF_OK;
-}
-
-
-static char *
-ngx_stream_im_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
-{
-    ngx_stream_im_main_conf_t *imcf = conf;
-
-    ngx_int_t   rc;
-    ngx_str_t  *value;
-    ngx_url_t   u;
-
-    if (imcf->redis) {
-        return "is duplicate: a stream block has one Redis";
-    }
-
-    value = cf->args->elts;
-
-    imcf->redis = ngx_pcalloc(cf->pool, sizeof(ngx_addr_t));
-    if (imcf->redis == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    if (ngx_strncmp(value[1].data, "unix:", 5) == 0) {
-        ngx_memzero(&u, sizeof(ngx_url_t));
-
-        u.url = value[1];
-
-        if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
-            if (u.err) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "%s in \"%V\"",
-                                   u.err, &value[1]);
-            }
-
-            return NGX_CONF_ERROR;
-        }
-
-        *imcf->redis = u.addrs[0];
-
-        return NGX_CONF_OK;
-    }
-
-    /* an IP literal only: a worker must never block on DNS */
-
-    rc = ngx_parse_addr_port(cf->pool, imcf->redis, value[1].data,
-                             value[1].len);
-
-    if (rc == NGX_ERROR) {
-        return NGX_CONF_ERROR;
-    }
-
-    if (rc == NGX_DECLINED) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"im_redis\" needs an IP address with an "
-                           "optional port, or unix:/path, not \"%V\"",
-                           &value[1]);
-        return NGX_CONF_ERROR;
-    }
-
-    if (ngx_inet_get_port(imcf->redis->sockaddr) == 0) {
-        ngx_inet_set_port(imcf->redis->sockaddr, NGX_STREAM_IM_REDIS_PORT);
-    }
-
-    imcf->redis->name = value[1];
 
     return NGX_CONF_OK;
 }
@@ -790,7 +737,7 @@ ngx_stream_im_init_process(ngx_cycle_t *cycle)
     /* the lower layers first, then the handlers the upper ones register */
 
     if (ngx_stream_im_session_init_worker(cycle) != NGX_OK
-        || ngx_stream_im_redis_init_worker(cycle, imcf->redis) != NGX_OK
+        || ngx_stream_im_redis_init_worker(cycle, &imcf->redis) != NGX_OK
         || ngx_stream_im_router_init_worker(cycle) != NGX_OK
         || ngx_stream_im_presence_init_worker() != NGX_OK)
     {

@@ -28,19 +28,37 @@
  * scripts are loaded and the subscription is answered, or the worker's
  * routes lapsed while the link stayed up) goes to the ready handlers.
  *
- *     DOWN -> CONNECTING -> LOADING -> READY -> DRAINING (worker exit)
+ *     DOWN -> [RESOLVING] -> CONNECTING -> LOADING -> READY
+ *                                              -> DRAINING (worker exit)
  *
  * Only READY takes commands from above and passes channel messages on;
  * what arrives before it is covered by the catch-up the ready handlers
  * start.  Any fault goes back to DOWN, and a backoff later, CONNECTING.
+ *
+ * Under Sentinel, RESOLVING asks one sentinel for the master on a short
+ * query connection before each connect, and a third socket stays
+ * subscribed to a sentinel's +switch-master to drop a demoted master at
+ * once; a master must say "master" to ROLE before it is used, and a
+ * READONLY or LOADING reply drops it.
+ *
+ * With im_redis_wait, the reply of a replicated script (a send) is held
+ * until a WAIT behind it says enough replicas have it; one WAIT is in
+ * flight at a time and covers every write before it.
  */
 
 
 #define NGX_STREAM_IM_REDIS_DOWN        0
-#define NGX_STREAM_IM_REDIS_CONNECTING  1
-#define NGX_STREAM_IM_REDIS_LOADING     2
-#define NGX_STREAM_IM_REDIS_READY       3
-#define NGX_STREAM_IM_REDIS_DRAINING    4
+#define NGX_STREAM_IM_REDIS_RESOLVING   1
+#define NGX_STREAM_IM_REDIS_CONNECTING  2
+#define NGX_STREAM_IM_REDIS_LOADING     3
+#define NGX_STREAM_IM_REDIS_READY       4
+#define NGX_STREAM_IM_REDIS_DRAINING    5
+
+/* the sockets: commands, the route channel, and the sentinels' two */
+#define NGX_STREAM_IM_REDIS_CMD         0
+#define NGX_STREAM_IM_REDIS_SUB         1
+#define NGX_STREAM_IM_REDIS_QUERY       2
+#define NGX_STREAM_IM_REDIS_WATCH       3
 
 #define NGX_STREAM_IM_REDIS_BUF         16384
 #define NGX_STREAM_IM_REDIS_READ_MAX    (256 * 1024)
@@ -55,12 +73,15 @@
 #define NGX_STREAM_IM_REDIS_HEARTBEAT   5000
 #define NGX_STREAM_IM_REDIS_ALIVE_TTL   "15000"
 #define NGX_STREAM_IM_REDIS_STALL       12000
+#define NGX_STREAM_IM_REDIS_SETUP       6000
+#define NGX_STREAM_IM_REDIS_WATCH_RETRY 1000
 
 
 typedef struct {
     ngx_stream_im_redis_handler_pt  handler;
     ngx_stream_im_ref_t             ref;
     uint32_t                        start;      /* for the roundtrip */
+    uint32_t                        replicated; /* held for WAIT */
 } ngx_stream_im_redis_cb_t;
 
 
@@ -70,9 +91,20 @@ typedef struct {
 } ngx_stream_im_redis_sub_t;
 
 
+/* a reply held until the WAIT behind it is answered */
+
+typedef struct {
+    ngx_stream_im_redis_handler_pt  handler;
+    ngx_stream_im_ref_t             ref;
+    redisReply                     *reply;
+} ngx_stream_im_redis_held_t;
+
+
 typedef struct {
     ngx_connection_t               *connection;
     redisReader                    *reader;
+    ngx_addr_t                     *addr;       /* the peer */
+    ngx_log_t                       log;
 
     u_char                         *out;        /* commands not yet sent */
     size_t                          out_pos;
@@ -84,15 +116,18 @@ typedef struct {
     ngx_uint_t                      cb_count;
     ngx_uint_t                      cb_size;
 
+    ngx_uint_t                      kind;
     unsigned                        connected:1;
-    unsigned                        subscriber:1;
 } ngx_stream_im_redis_conn_t;
 
 
 typedef struct {
     ngx_stream_im_redis_conn_t      cmd;
     ngx_stream_im_redis_conn_t      sub;
-    ngx_addr_t                     *addr;
+    ngx_stream_im_redis_conn_t      query;
+    ngx_stream_im_redis_conn_t      watch;
+    ngx_stream_im_redis_conf_t     *conf;
+    ngx_addr_t                     *addr;       /* the Redis in use */
     ngx_uint_t                      state;
     ngx_uint_t                      pending;    /* replies before READY */
     ngx_uint_t                      heartbeat_pending;
@@ -108,19 +143,67 @@ typedef struct {
     ngx_msec_t                      backoff;
     ngx_event_t                     reconnect;
     ngx_event_t                     heartbeat;
+    ngx_event_t                     setup;
     ngx_str_t                       channel;
     ngx_str_t                       alive;
+
+    /* Sentinel: the master's address as last resolved */
+    ngx_addr_t                      master;
+    ngx_sockaddr_t                  master_sockaddr;
+    u_char                          master_text[NGX_SOCKADDR_STRLEN];
+    ngx_uint_t                      sentinel;   /* the next to query */
+    ngx_uint_t                      watched;    /* the next to watch */
+    ngx_uint_t                      watch_pong_pending;
+    ngx_event_t                     watch_retry;
+
+    /* im_redis_wait */
+    ngx_str_t                       wait_args[3];
+    u_char                          wait_num[NGX_INT_T_LEN];
+    u_char                          wait_ms[NGX_INT_T_LEN];
+    ngx_uint_t                      wait_needed;   /* writes not covered */
+    ngx_uint_t                      wait_inflight;
+    ngx_stream_im_redis_held_t     *held;
+    ngx_uint_t                      nheld;
+    ngx_uint_t                      held_size;
 } ngx_stream_im_redis_t;
 
 
 static ngx_int_t ngx_stream_im_redis_connect_one(
-    ngx_stream_im_redis_conn_t *rc);
+    ngx_stream_im_redis_conn_t *rc, ngx_addr_t *addr);
 static void ngx_stream_im_redis_connected(ngx_stream_im_redis_conn_t *rc);
+static ngx_int_t ngx_stream_im_redis_load(void);
+static ngx_int_t ngx_stream_im_redis_auth(ngx_stream_im_redis_conn_t *rc,
+    ngx_str_t *user, ngx_str_t *password,
+    ngx_stream_im_redis_handler_pt handler);
 static void ngx_stream_im_redis_start_link(void);
 static void ngx_stream_im_redis_loaded(ngx_stream_im_ref_t *ref,
     redisReply *r);
+static void ngx_stream_im_redis_role(ngx_stream_im_ref_t *ref,
+    redisReply *r);
+static void ngx_stream_im_redis_sentinel_auth(ngx_stream_im_ref_t *ref,
+    redisReply *r);
+static void ngx_stream_im_redis_resolved(ngx_stream_im_ref_t *ref,
+    redisReply *r);
+static ngx_int_t ngx_stream_im_redis_set_master(redisReply *ip,
+    redisReply *port);
+static void ngx_stream_im_redis_watch_start(void);
+static void ngx_stream_im_redis_watch_fail(char *why);
+static void ngx_stream_im_redis_watch_retry_handler(ngx_event_t *ev);
+static void ngx_stream_im_redis_watch_reply(ngx_stream_im_ref_t *ref,
+    redisReply *r);
+static void ngx_stream_im_redis_switched(redisReply *r);
+static void ngx_stream_im_redis_setup_handler(ngx_event_t *ev);
 static void ngx_stream_im_redis_call_ready(ngx_uint_t fresh);
 static void ngx_stream_im_redis_fail(char *why);
+static void ngx_stream_im_redis_conn_fail(ngx_stream_im_redis_conn_t *rc,
+    char *why);
+static ngx_int_t ngx_stream_im_redis_wait_append(void);
+static void ngx_stream_im_redis_waited(ngx_stream_im_ref_t *ref,
+    redisReply *r);
+static ngx_int_t ngx_stream_im_redis_hold(ngx_stream_im_redis_cb_t *cb,
+    redisReply *r);
+static void ngx_stream_im_redis_release(ngx_uint_t ok);
+static void ngx_stream_im_redis_hold_next(ngx_stream_im_redis_conn_t *rc);
 static void ngx_stream_im_redis_close_one(ngx_stream_im_redis_conn_t *rc);
 static void ngx_stream_im_redis_reconnect_handler(ngx_event_t *ev);
 static void ngx_stream_im_redis_heartbeat_handler(ngx_event_t *ev);
@@ -155,7 +238,8 @@ static u_char  ngx_stream_im_redis_buf[NGX_STREAM_IM_REDIS_BUF];
 
 
 ngx_int_t
-ngx_stream_im_redis_init_worker(ngx_cycle_t *cycle, ngx_addr_t *addr)
+ngx_stream_im_redis_init_worker(ngx_cycle_t *cycle,
+    ngx_stream_im_redis_conf_t *conf)
 {
     u_char                  *p;
     ngx_uint_t               i;
@@ -166,15 +250,38 @@ ngx_stream_im_redis_init_worker(ngx_cycle_t *cycle, ngx_addr_t *addr)
 
     rd = &ngx_stream_im_redis;
 
-    rd->addr = addr;
-    rd->cmd.subscriber = 0;
-    rd->sub.subscriber = 1;
+    rd->conf = conf;
+    rd->addr = conf->addr;
+    rd->cmd.kind = NGX_STREAM_IM_REDIS_CMD;
+    rd->sub.kind = NGX_STREAM_IM_REDIS_SUB;
+    rd->query.kind = NGX_STREAM_IM_REDIS_QUERY;
+    rd->watch.kind = NGX_STREAM_IM_REDIS_WATCH;
+
+    if (conf->sentinels) {
+
+        /* named by the master's name until a sentinel tells its address */
+
+        rd->master.name = conf->master;
+        rd->addr = &rd->master;
+    }
+
+    if (conf->wait) {
+        ngx_str_set(&rd->wait_args[0], "WAIT");
+
+        rd->wait_args[1].data = rd->wait_num;
+        rd->wait_args[1].len = ngx_sprintf(rd->wait_num, "%ui", conf->wait)
+                               - rd->wait_num;
+
+        rd->wait_args[2].data = rd->wait_ms;
+        rd->wait_args[2].len = ngx_sprintf(rd->wait_ms, "%M",
+                                           conf->wait_timeout)
+                               - rd->wait_ms;
+    }
 
     /* errors of the Redis sockets say what they are about */
 
     ngx_stream_im_redis_log = *cycle->log;
     ngx_stream_im_redis_log.handler = ngx_stream_im_redis_log_error;
-    ngx_stream_im_redis_log.data = rd;
     ngx_stream_im_redis_log.action = "talking to redis";
 
     /* each worker process has its own channel, unique across reloads */
@@ -212,6 +319,16 @@ ngx_stream_im_redis_init_worker(ngx_cycle_t *cycle, ngx_addr_t *addr)
     rd->heartbeat.log = cycle->log;
     rd->heartbeat.cancelable = 1;
 
+    rd->setup.handler = ngx_stream_im_redis_setup_handler;
+    rd->setup.data = &ngx_stream_im_timer_ident;
+    rd->setup.log = cycle->log;
+    rd->setup.cancelable = 1;
+
+    rd->watch_retry.handler = ngx_stream_im_redis_watch_retry_handler;
+    rd->watch_retry.data = &ngx_stream_im_timer_ident;
+    rd->watch_retry.log = cycle->log;
+    rd->watch_retry.cancelable = 1;
+
     rd->backoff = NGX_STREAM_IM_REDIS_BACKOFF_MIN;
 
     return NGX_OK;
@@ -223,6 +340,10 @@ ngx_stream_im_redis_init_worker(ngx_cycle_t *cycle, ngx_addr_t *addr)
 void
 ngx_stream_im_redis_start(void)
 {
+    if (ngx_stream_im_redis.conf->sentinels) {
+        ngx_stream_im_redis_watch_start();
+    }
+
     ngx_stream_im_redis_start_link();
 }
 
@@ -356,6 +477,12 @@ ngx_stream_im_redis_eval(ngx_uint_t script, ngx_uint_t nkeys, ngx_str_t *keys,
         ngx_free(argv);
     }
 
+    if (rc == NGX_OK && ngx_stream_im_scripts[script].replicated
+        && ngx_stream_im_redis.conf->wait)
+    {
+        ngx_stream_im_redis_hold_next(&ngx_stream_im_redis.cmd);
+    }
+
     return rc;
 }
 
@@ -370,6 +497,7 @@ ngx_stream_im_redis_eval(ngx_uint_t script, ngx_uint_t nkeys, ngx_str_t *keys,
 void
 ngx_stream_im_redis_exit_worker(void)
 {
+    ngx_uint_t                   i;
     ngx_str_t                    argv[2];
     ngx_stream_im_redis_t       *rd;
     ngx_stream_im_redis_conn_t  *rc;
@@ -393,17 +521,37 @@ ngx_stream_im_redis_exit_worker(void)
     rd->state = NGX_STREAM_IM_REDIS_DOWN;
     rd->cmd.cb_count = 0;
     rd->sub.cb_count = 0;
+    rd->query.cb_count = 0;
+    rd->watch.cb_count = 0;
+
+    for (i = 0; i < rd->nheld; i++) {
+        freeReplyObject(rd->held[i].reply);
+    }
+
+    rd->nheld = 0;
 
     ngx_stream_im_redis_close_one(&rd->cmd);
     ngx_stream_im_redis_close_one(&rd->sub);
+    ngx_stream_im_redis_close_one(&rd->query);
+    ngx_stream_im_redis_close_one(&rd->watch);
 
     ngx_free(rd->cmd.out);
     ngx_free(rd->sub.out);
+    ngx_free(rd->query.out);
+    ngx_free(rd->watch.out);
     ngx_free(rd->cmd.cbs);
     ngx_free(rd->sub.cbs);
+    ngx_free(rd->query.cbs);
+    ngx_free(rd->watch.cbs);
+    ngx_free(rd->held);
+
+    rd->held = NULL;
+    rd->held_size = 0;
 
     ngx_memzero(&rd->cmd, sizeof(ngx_stream_im_redis_conn_t));
     ngx_memzero(&rd->sub, sizeof(ngx_stream_im_redis_conn_t));
+    ngx_memzero(&rd->query, sizeof(ngx_stream_im_redis_conn_t));
+    ngx_memzero(&rd->watch, sizeof(ngx_stream_im_redis_conn_t));
 }
 
 
@@ -472,13 +620,18 @@ ngx_stream_im_redis_flush_sync(ngx_stream_im_redis_conn_t *rc,
             continue;
         }
 
-        n = c->recv(c, ngx_stream_im_redis_buf, NGX_STREAM_IM_REDIS_BUF);
+        /*
+         * not c->recv(): outside the event loop the read event does not
+         * know what poll() saw, and with EPOLLRDHUP it would read nothing
+         */
 
-        if (n == NGX_AGAIN) {
+        n = recv(c->fd, ngx_stream_im_redis_buf, NGX_STREAM_IM_REDIS_BUF, 0);
+
+        if (n == -1 && (ngx_errno == NGX_EAGAIN || ngx_errno == NGX_EINTR)) {
             continue;
         }
 
-        if (n == NGX_ERROR || n == 0
+        if (n <= 0
             || redisReaderFeed(rc->reader, (char *) ngx_stream_im_redis_buf, n)
                != REDIS_OK)
         {
@@ -506,14 +659,35 @@ ngx_stream_im_redis_flush_sync(ngx_stream_im_redis_conn_t *rc,
 static void
 ngx_stream_im_redis_start_link(void)
 {
+    ngx_addr_t             *sentinel;
     ngx_stream_im_redis_t  *rd;
 
     rd = &ngx_stream_im_redis;
 
+    ngx_add_timer(&rd->setup, NGX_STREAM_IM_REDIS_SETUP);
+
+    if (rd->conf->sentinels) {
+
+        /* where the master is now, from one sentinel, then connect */
+
+        rd->state = NGX_STREAM_IM_REDIS_RESOLVING;
+
+        sentinel = rd->conf->sentinels->elts;
+
+        if (ngx_stream_im_redis_connect_one(&rd->query,
+                                            &sentinel[rd->sentinel])
+            != NGX_OK)
+        {
+            ngx_stream_im_redis_conn_fail(&rd->query, "cannot connect");
+        }
+
+        return;
+    }
+
     rd->state = NGX_STREAM_IM_REDIS_CONNECTING;
 
-    if (ngx_stream_im_redis_connect_one(&rd->cmd) != NGX_OK
-        || ngx_stream_im_redis_connect_one(&rd->sub) != NGX_OK)
+    if (ngx_stream_im_redis_connect_one(&rd->cmd, rd->addr) != NGX_OK
+        || ngx_stream_im_redis_connect_one(&rd->sub, rd->addr) != NGX_OK)
     {
         ngx_stream_im_redis_fail("cannot connect");
     }
@@ -521,11 +695,17 @@ ngx_stream_im_redis_start_link(void)
 
 
 static ngx_int_t
-ngx_stream_im_redis_connect_one(ngx_stream_im_redis_conn_t *rc)
+ngx_stream_im_redis_connect_one(ngx_stream_im_redis_conn_t *rc,
+    ngx_addr_t *addr)
 {
     ngx_int_t               rv;
     ngx_connection_t       *c;
     ngx_peer_connection_t   pc;
+
+    rc->addr = addr;
+
+    rc->log = ngx_stream_im_redis_log;
+    rc->log.data = rc;
 
     rc->reader = redisReaderCreate();
     if (rc->reader == NULL) {
@@ -534,11 +714,11 @@ ngx_stream_im_redis_connect_one(ngx_stream_im_redis_conn_t *rc)
 
     ngx_memzero(&pc, sizeof(ngx_peer_connection_t));
 
-    pc.sockaddr = ngx_stream_im_redis.addr->sockaddr;
-    pc.socklen = ngx_stream_im_redis.addr->socklen;
-    pc.name = &ngx_stream_im_redis.addr->name;
+    pc.sockaddr = addr->sockaddr;
+    pc.socklen = addr->socklen;
+    pc.name = &addr->name;
     pc.get = ngx_event_get_peer;
-    pc.log = &ngx_stream_im_redis_log;
+    pc.log = &rc->log;
     pc.log_error = NGX_ERROR_ERR;
 
     rv = ngx_event_connect_peer(&pc);
@@ -549,7 +729,7 @@ ngx_stream_im_redis_connect_one(ngx_stream_im_redis_conn_t *rc)
 
     c = pc.connection;
     c->data = rc;
-    c->log = &ngx_stream_im_redis_log;
+    c->log = &rc->log;
     c->read->handler = ngx_stream_im_redis_read_handler;
     c->write->handler = ngx_stream_im_redis_write_handler;
 
@@ -569,25 +749,132 @@ ngx_stream_im_redis_connect_one(ngx_stream_im_redis_conn_t *rc)
 static void
 ngx_stream_im_redis_connected(ngx_stream_im_redis_conn_t *rc)
 {
-    ngx_uint_t              i;
-    ngx_str_t               argv[3];
-    ngx_stream_im_redis_t  *rd;
+    ngx_str_t                    argv[3];
+    ngx_stream_im_redis_t       *rd;
+    ngx_stream_im_redis_conf_t  *conf;
 
     rd = &ngx_stream_im_redis;
+    conf = rd->conf;
 
     rc->connected = 1;
+
+    switch (rc->kind) {
+
+    case NGX_STREAM_IM_REDIS_QUERY:
+        ngx_str_set(&argv[0], "SENTINEL");
+        ngx_str_set(&argv[1], "get-master-addr-by-name");
+        argv[2] = conf->master;
+
+        if (ngx_stream_im_redis_auth(rc, &conf->sentinel_user,
+                                     &conf->sentinel_password,
+                                     ngx_stream_im_redis_sentinel_auth)
+            != NGX_OK
+            || ngx_stream_im_redis_send(rc, 3, argv,
+                                        ngx_stream_im_redis_resolved, NULL)
+               != NGX_OK)
+        {
+            ngx_stream_im_redis_fail("no memory");
+        }
+
+        return;
+
+    case NGX_STREAM_IM_REDIS_WATCH:
+        ngx_str_set(&argv[0], "SUBSCRIBE");
+        ngx_str_set(&argv[1], "+switch-master");
+
+        rd->watch_pong_pending = 0;
+
+        if (ngx_stream_im_redis_auth(rc, &conf->sentinel_user,
+                                     &conf->sentinel_password,
+                                     ngx_stream_im_redis_watch_reply)
+            != NGX_OK
+            || ngx_stream_im_redis_send(rc, 2, argv,
+                                        ngx_stream_im_redis_watch_reply, NULL)
+               != NGX_OK)
+        {
+            ngx_stream_im_redis_watch_fail("no memory");
+        }
+
+        return;
+    }
 
     if (!rd->cmd.connected || !rd->sub.connected) {
         return;
     }
 
     /*
-     * Both sockets are up: load the scripts (a restarted Redis has lost
-     * them), subscribe, and only then take commands from sessions.
+     * Both sockets are up: log in, load the scripts (a restarted Redis
+     * has lost them), subscribe, and only then take commands from
+     * sessions.
      */
 
     rd->state = NGX_STREAM_IM_REDIS_LOADING;
+
+    if (ngx_stream_im_redis_load() != NGX_OK) {
+        ngx_stream_im_redis_fail("no memory");
+    }
+}
+
+
+static ngx_int_t
+ngx_stream_im_redis_load(void)
+{
+    ngx_uint_t                   i;
+    ngx_str_t                    argv[3];
+    u_char                       db[NGX_INT_T_LEN];
+    ngx_stream_im_redis_t       *rd;
+    ngx_stream_im_redis_conf_t  *conf;
+
+    rd = &ngx_stream_im_redis;
+    conf = rd->conf;
+
     rd->pending = NGX_STREAM_IM_SCRIPTS + 1;
+
+    if (conf->password.len) {
+        rd->pending += 2;
+
+        if (ngx_stream_im_redis_auth(&rd->cmd, &conf->user, &conf->password,
+                                     ngx_stream_im_redis_loaded)
+            != NGX_OK
+            || ngx_stream_im_redis_auth(&rd->sub, &conf->user,
+                                        &conf->password,
+                                        ngx_stream_im_redis_loaded)
+               != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    if (conf->db > 0) {
+        rd->pending++;
+
+        ngx_str_set(&argv[0], "SELECT");
+        argv[1].data = db;
+        argv[1].len = ngx_sprintf(db, "%i", conf->db) - db;
+
+        if (ngx_stream_im_redis_send(&rd->cmd, 2, argv,
+                                     ngx_stream_im_redis_loaded, NULL)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    if (conf->sentinels) {
+
+        /* a sentinel's answer may be stale: the master must say so */
+
+        rd->pending++;
+
+        ngx_str_set(&argv[0], "ROLE");
+
+        if (ngx_stream_im_redis_send(&rd->cmd, 1, argv,
+                                     ngx_stream_im_redis_role, NULL)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
 
     for (i = 0; i < NGX_STREAM_IM_SCRIPTS; i++) {
         ngx_str_set(&argv[0], "SCRIPT");
@@ -598,20 +885,41 @@ ngx_stream_im_redis_connected(ngx_stream_im_redis_conn_t *rc)
                                      ngx_stream_im_redis_loaded, NULL)
             != NGX_OK)
         {
-            ngx_stream_im_redis_fail("no memory");
-            return;
+            return NGX_ERROR;
         }
     }
 
     ngx_str_set(&argv[0], "SUBSCRIBE");
     argv[1] = rd->channel;
 
-    if (ngx_stream_im_redis_send(&rd->sub, 2, argv,
-                                 ngx_stream_im_redis_loaded, NULL)
-        != NGX_OK)
-    {
-        ngx_stream_im_redis_fail("no memory");
+    return ngx_stream_im_redis_send(&rd->sub, 2, argv,
+                                    ngx_stream_im_redis_loaded, NULL);
+}
+
+
+/* AUTH [user] password first on a socket, when there is a password */
+
+static ngx_int_t
+ngx_stream_im_redis_auth(ngx_stream_im_redis_conn_t *rc, ngx_str_t *user,
+    ngx_str_t *password, ngx_stream_im_redis_handler_pt handler)
+{
+    ngx_uint_t  argc;
+    ngx_str_t   argv[3];
+
+    if (password->len == 0) {
+        return NGX_OK;
     }
+
+    ngx_str_set(&argv[0], "AUTH");
+    argc = 1;
+
+    if (user->len) {
+        argv[argc++] = *user;
+    }
+
+    argv[argc++] = *password;
+
+    return ngx_stream_im_redis_send(rc, argc, argv, handler, NULL);
 }
 
 
@@ -644,6 +952,10 @@ ngx_stream_im_redis_loaded(ngx_stream_im_ref_t *ref, redisReply *r)
     rd->state = NGX_STREAM_IM_REDIS_READY;
     rd->backoff = NGX_STREAM_IM_REDIS_BACKOFF_MIN;
 
+    if (rd->setup.timer_set) {
+        ngx_del_timer(&rd->setup);
+    }
+
     if (rd->ups++) {
         ngx_stream_im_metrics_count(NGX_STREAM_IM_M_RECONNECTS);
     }
@@ -653,6 +965,330 @@ ngx_stream_im_redis_loaded(ngx_stream_im_ref_t *ref, redisReply *r)
     /* the subscriptions are new and anything may have been missed */
 
     ngx_stream_im_redis_call_ready(1);
+}
+
+
+/* ROLE: a master answers {"master", offset, replicas} */
+
+static void
+ngx_stream_im_redis_role(ngx_stream_im_ref_t *ref, redisReply *r)
+{
+    redisReply             *role;
+    ngx_stream_im_redis_t  *rd;
+
+    rd = &ngx_stream_im_redis;
+
+    if (r == NULL || rd->state != NGX_STREAM_IM_REDIS_LOADING
+        || r->type == REDIS_REPLY_ERROR)
+    {
+        ngx_stream_im_redis_loaded(ref, r);
+        return;
+    }
+
+    role = (r->type == REDIS_REPLY_ARRAY && r->elements > 0)
+           ? r->element[0] : NULL;
+
+    if (role == NULL || role->type != REDIS_REPLY_STRING
+        || role->len != 6 || ngx_strncmp(role->str, "master", 6) != 0)
+    {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "redis %V is not the master of \"%V\" (yet), "
+                      "asking the sentinels again",
+                      &rd->addr->name, &rd->conf->master);
+        ngx_stream_im_redis_fail("not a master");
+        return;
+    }
+
+    ngx_stream_im_redis_loaded(ref, r);
+}
+
+
+static void
+ngx_stream_im_redis_sentinel_auth(ngx_stream_im_ref_t *ref, redisReply *r)
+{
+    ngx_stream_im_redis_t  *rd;
+
+    rd = &ngx_stream_im_redis;
+
+    if (r == NULL || r->type != REDIS_REPLY_ERROR
+        || rd->state != NGX_STREAM_IM_REDIS_RESOLVING)
+    {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                  "sentinel %V refused AUTH: %s", &rd->query.addr->name,
+                  r->str);
+
+    ngx_stream_im_redis_fail("sentinel refused AUTH");
+}
+
+
+/* SENTINEL get-master-addr-by-name: {ip, port}, or nil when unknown */
+
+static void
+ngx_stream_im_redis_resolved(ngx_stream_im_ref_t *ref, redisReply *r)
+{
+    ngx_stream_im_redis_t  *rd;
+
+    rd = &ngx_stream_im_redis;
+
+    if (r == NULL || rd->state != NGX_STREAM_IM_REDIS_RESOLVING) {
+        return;
+    }
+
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2
+        || r->element[0]->type != REDIS_REPLY_STRING
+        || r->element[1]->type != REDIS_REPLY_STRING
+        || ngx_stream_im_redis_set_master(r->element[0], r->element[1])
+           != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "sentinel %V gave no address for master \"%V\"%s%s",
+                      &rd->query.addr->name, &rd->conf->master,
+                      r->type == REDIS_REPLY_ERROR ? ": " : "",
+                      r->type == REDIS_REPLY_ERROR ? r->str : "");
+        ngx_stream_im_redis_fail("no master address");
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                  "sentinel %V: master \"%V\" is %V",
+                  &rd->query.addr->name, &rd->conf->master,
+                  &rd->master.name);
+
+    ngx_stream_im_redis_close_one(&rd->query);
+
+    rd->state = NGX_STREAM_IM_REDIS_CONNECTING;
+
+    if (ngx_stream_im_redis_connect_one(&rd->cmd, rd->addr) != NGX_OK
+        || ngx_stream_im_redis_connect_one(&rd->sub, rd->addr) != NGX_OK)
+    {
+        ngx_stream_im_redis_fail("cannot connect");
+    }
+}
+
+
+/* a sentinel's answer is an IP literal: never a name to resolve */
+
+static ngx_int_t
+ngx_stream_im_redis_set_master(redisReply *ip, redisReply *port)
+{
+    ngx_int_t               n, rc;
+    ngx_addr_t              addr;
+    ngx_pool_t             *pool;
+    ngx_stream_im_redis_t  *rd;
+
+    rd = &ngx_stream_im_redis;
+
+    n = ngx_atoi((u_char *) port->str, port->len);
+
+    if (ip->len == 0 || ip->len > NGX_INET6_ADDRSTRLEN
+        || n < 1 || n > 65535)
+    {
+        return NGX_ERROR;
+    }
+
+    pool = ngx_create_pool(NGX_MIN_POOL_SIZE, ngx_cycle->log);
+    if (pool == NULL) {
+        return NGX_ERROR;
+    }
+
+    rc = ngx_parse_addr(pool, &addr, (u_char *) ip->str, ip->len);
+
+    if (rc == NGX_OK && addr.socklen <= sizeof(ngx_sockaddr_t)) {
+        ngx_memcpy(&rd->master_sockaddr, addr.sockaddr, addr.socklen);
+
+        rd->master.sockaddr = &rd->master_sockaddr.sockaddr;
+        rd->master.socklen = addr.socklen;
+        ngx_inet_set_port(rd->master.sockaddr, (in_port_t) n);
+
+        rd->master.name.data = rd->master_text;
+        rd->master.name.len = ngx_sock_ntop(rd->master.sockaddr,
+                                            rd->master.socklen,
+                                            rd->master_text,
+                                            NGX_SOCKADDR_STRLEN, 1);
+
+    } else {
+        rc = NGX_ERROR;
+    }
+
+    ngx_destroy_pool(pool);
+
+    return rc;
+}
+
+
+/*
+ * A socket subscribed to one sentinel's +switch-master: a failover is
+ * followed at once, not after the old master's connection times out.
+ */
+
+static void
+ngx_stream_im_redis_watch_start(void)
+{
+    ngx_addr_t             *sentinel;
+    ngx_stream_im_redis_t  *rd;
+
+    rd = &ngx_stream_im_redis;
+
+    sentinel = rd->conf->sentinels->elts;
+
+    if (ngx_stream_im_redis_connect_one(&rd->watch, &sentinel[rd->watched])
+        != NGX_OK)
+    {
+        ngx_stream_im_redis_watch_fail("cannot connect");
+    }
+}
+
+
+static void
+ngx_stream_im_redis_watch_fail(char *why)
+{
+    ngx_stream_im_redis_t  *rd;
+
+    rd = &ngx_stream_im_redis;
+
+    if (rd->watch.addr) {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "sentinel %V: %s, watching the next one",
+                      &rd->watch.addr->name, why);
+    }
+
+    ngx_stream_im_redis_close_one(&rd->watch);
+
+    rd->watch_pong_pending = 0;
+    rd->watched = (rd->watched + 1) % rd->conf->sentinels->nelts;
+
+    if (ngx_exiting || ngx_terminate || ngx_quit) {
+        return;
+    }
+
+    ngx_add_timer(&rd->watch_retry, NGX_STREAM_IM_REDIS_WATCH_RETRY
+                  + (ngx_msec_t) ngx_random()
+                    % NGX_STREAM_IM_REDIS_WATCH_RETRY);
+}
+
+
+static void
+ngx_stream_im_redis_watch_retry_handler(ngx_event_t *ev)
+{
+    if (ngx_exiting || ngx_terminate || ngx_quit) {
+        return;
+    }
+
+    ngx_stream_im_redis_watch_start();
+}
+
+
+/* the AUTH, SUBSCRIBE and PING replies of the watching socket */
+
+static void
+ngx_stream_im_redis_watch_reply(ngx_stream_im_ref_t *ref, redisReply *r)
+{
+    ngx_stream_im_redis_t  *rd;
+
+    rd = &ngx_stream_im_redis;
+
+    if (r == NULL) {
+        return;
+    }
+
+    if (r->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "sentinel %V refused: %s", &rd->watch.addr->name,
+                      r->str);
+        ngx_stream_im_redis_watch_fail("refused");
+        return;
+    }
+
+    rd->watch_pong_pending = 0;
+}
+
+
+/* "+switch-master": "<name> <old ip> <old port> <new ip> <new port>" */
+
+static void
+ngx_stream_im_redis_switched(redisReply *r)
+{
+    u_char                 *p, *last;
+    ngx_str_t               f[5];
+    ngx_uint_t              n;
+    redisReply             *payload;
+    ngx_stream_im_redis_t  *rd;
+    u_char                  name[NGX_SOCKADDR_STRLEN];
+    size_t                  len;
+
+    rd = &ngx_stream_im_redis;
+    payload = r->element[2];
+
+    if (payload->type != REDIS_REPLY_STRING) {
+        return;
+    }
+
+    p = (u_char *) payload->str;
+    last = p + payload->len;
+
+    for (n = 0; n < 5 && p < last; n++) {
+        f[n].data = p;
+
+        while (p < last && *p != ' ') {
+            p++;
+        }
+
+        f[n].len = p - f[n].data;
+
+        if (p < last) {
+            p++;
+        }
+    }
+
+    if (n != 5 || p != last || f[0].len != rd->conf->master.len
+        || ngx_strncmp(f[0].data, rd->conf->master.data, f[0].len) != 0
+        || f[3].len + f[4].len + 3 > sizeof(name))
+    {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                  "sentinel %V: master \"%V\" switched from %V:%V to %V:%V",
+                  &rd->watch.addr->name, &f[0], &f[1], &f[2], &f[3], &f[4]);
+
+    if (ngx_strlchr(f[3].data, f[3].data + f[3].len, ':')) {
+        len = ngx_sprintf(name, "[%V]:%V", &f[3], &f[4]) - name;
+
+    } else {
+        len = ngx_sprintf(name, "%V:%V", &f[3], &f[4]) - name;
+    }
+
+    rd->backoff = NGX_STREAM_IM_REDIS_BACKOFF_MIN;
+
+    if (rd->state == NGX_STREAM_IM_REDIS_DOWN) {
+
+        /* waiting to retry: ask the sentinels now */
+
+        if (rd->reconnect.timer_set) {
+            ngx_add_timer(&rd->reconnect, rd->backoff);
+        }
+
+        return;
+    }
+
+    if (rd->state >= NGX_STREAM_IM_REDIS_CONNECTING
+        && rd->addr->name.len == len
+        && ngx_strncmp(rd->addr->name.data, name, len) == 0)
+    {
+        return;
+    }
+
+    ngx_stream_im_redis_fail("the sentinels switched the master");
+}
+
+
+static void
+ngx_stream_im_redis_setup_handler(ngx_event_t *ev)
+{
+    ngx_stream_im_redis_fail("setup timed out");
 }
 
 
@@ -679,6 +1315,8 @@ ngx_stream_im_redis_call_ready(ngx_uint_t fresh)
 static void
 ngx_stream_im_redis_fail(char *why)
 {
+    char                   *what;
+    ngx_str_t              *name;
     ngx_msec_t              delay;
     ngx_stream_im_redis_t  *rd;
 
@@ -686,6 +1324,27 @@ ngx_stream_im_redis_fail(char *why)
 
     if (rd->state == NGX_STREAM_IM_REDIS_DOWN) {
         return;
+    }
+
+    /* while resolving, the master's address is a stale one */
+
+    if (rd->state == NGX_STREAM_IM_REDIS_RESOLVING && rd->query.addr) {
+        what = "sentinel";
+        name = &rd->query.addr->name;
+
+    } else {
+        what = "redis";
+        name = &rd->addr->name;
+    }
+
+    if (rd->conf->sentinels && rd->state < NGX_STREAM_IM_REDIS_READY) {
+
+        /*
+         * this sentinel did not lead to a master that works (it is down,
+         * or stale): the next one is asked next
+         */
+
+        rd->sentinel = (rd->sentinel + 1) % rd->conf->sentinels->nelts;
     }
 
     rd->state = NGX_STREAM_IM_REDIS_DOWN;
@@ -696,6 +1355,7 @@ ngx_stream_im_redis_fail(char *why)
     rd->alive_set = 0;
     rd->stalled = 0;
 
+    ngx_stream_im_redis_close_one(&rd->query);
     ngx_stream_im_redis_close_one(&rd->cmd);
     ngx_stream_im_redis_close_one(&rd->sub);
 
@@ -703,15 +1363,18 @@ ngx_stream_im_redis_fail(char *why)
         ngx_del_timer(&rd->heartbeat);
     }
 
+    if (rd->setup.timer_set) {
+        ngx_del_timer(&rd->setup);
+    }
+
     if (ngx_exiting || ngx_terminate || ngx_quit) {
         ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
-                      "redis %V: %s, worker is exiting", &rd->addr->name,
-                      why);
+                      "%s %V: %s, worker is exiting", what, name, why);
         return;
     }
 
     ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
-                  "redis %V: %s, reconnecting", &rd->addr->name, why);
+                  "%s %V: %s, reconnecting", what, name, why);
 
     /* capped exponential backoff, jittered so workers do not stampede */
 
@@ -720,6 +1383,20 @@ ngx_stream_im_redis_fail(char *why)
     rd->backoff = ngx_min(rd->backoff * 2, NGX_STREAM_IM_REDIS_BACKOFF_MAX);
 
     ngx_add_timer(&rd->reconnect, delay);
+}
+
+
+/* the watching socket fails alone; any other takes the link down */
+
+static void
+ngx_stream_im_redis_conn_fail(ngx_stream_im_redis_conn_t *rc, char *why)
+{
+    if (rc->kind == NGX_STREAM_IM_REDIS_WATCH) {
+        ngx_stream_im_redis_watch_fail(why);
+        return;
+    }
+
+    ngx_stream_im_redis_fail(why);
 }
 
 
@@ -741,6 +1418,15 @@ ngx_stream_im_redis_close_one(ngx_stream_im_redis_conn_t *rc)
     rc->connected = 0;
     rc->out_pos = 0;
     rc->out_len = 0;
+
+    if (rc->kind == NGX_STREAM_IM_REDIS_CMD) {
+
+        /* stored, maybe, but not known to be replicated: unavailable */
+
+        ngx_stream_im_redis.wait_needed = 0;
+        ngx_stream_im_redis.wait_inflight = 0;
+        ngx_stream_im_redis_release(0);
+    }
 
     while (rc->cb_count) {
         cb = &rc->cbs[rc->cb_head];
@@ -812,6 +1498,21 @@ ngx_stream_im_redis_heartbeat_handler(ngx_event_t *ev)
         == NGX_OK)
     {
         rd->pong_pending = 1;
+    }
+
+    /* a sentinel that went silent would hide the next failover */
+
+    if (rd->watch.connected) {
+        if (rd->watch_pong_pending) {
+            ngx_stream_im_redis_watch_fail("no reply for a heartbeat period");
+
+        } else if (ngx_stream_im_redis_send(&rd->watch, 1, argv,
+                                            ngx_stream_im_redis_watch_reply,
+                                            NULL)
+                   == NGX_OK)
+        {
+            rd->watch_pong_pending = 1;
+        }
     }
 
     /*
@@ -926,6 +1627,7 @@ ngx_stream_im_redis_read_handler(ngx_event_t *rev)
 {
     size_t                       bytes;
     ssize_t                      n;
+    ngx_int_t                    rv;
     ngx_uint_t                   replies;
     redisReply                  *r;
     ngx_connection_t            *c;
@@ -947,7 +1649,7 @@ ngx_stream_im_redis_read_handler(ngx_event_t *rev)
     bytes = 0;
     replies = 0;
 
-    if (rc->subscriber) {
+    if (rc->kind == NGX_STREAM_IM_REDIS_SUB) {
         ngx_stream_im_redis_check_stall();
     }
 
@@ -955,7 +1657,7 @@ ngx_stream_im_redis_read_handler(ngx_event_t *rev)
 
         while (replies < NGX_STREAM_IM_REDIS_REPLIES_MAX) {
             if (redisReaderGetReply(rc->reader, (void **) &r) != REDIS_OK) {
-                ngx_stream_im_redis_fail("bad reply");
+                ngx_stream_im_redis_conn_fail(rc, "bad reply");
                 return;
             }
 
@@ -965,13 +1667,17 @@ ngx_stream_im_redis_read_handler(ngx_event_t *rev)
 
             replies++;
 
-            if (ngx_stream_im_redis_reply(rc, r) != NGX_OK) {
+            rv = ngx_stream_im_redis_reply(rc, r);
+
+            if (rv == NGX_ERROR) {
                 freeReplyObject(r);
-                ngx_stream_im_redis_fail("unexpected reply");
+                ngx_stream_im_redis_conn_fail(rc, "unexpected reply");
                 return;
             }
 
-            freeReplyObject(r);
+            if (rv != NGX_DONE) {
+                freeReplyObject(r);
+            }
 
             if (rc->connection == NULL) {
                 return;
@@ -992,7 +1698,7 @@ ngx_stream_im_redis_read_handler(ngx_event_t *rev)
         }
 
         if (n == NGX_ERROR || n == 0) {
-            ngx_stream_im_redis_fail("connection closed");
+            ngx_stream_im_redis_conn_fail(rc, "connection closed");
             return;
         }
 
@@ -1001,28 +1707,39 @@ ngx_stream_im_redis_read_handler(ngx_event_t *rev)
         if (redisReaderFeed(rc->reader, (char *) ngx_stream_im_redis_buf, n)
             != REDIS_OK)
         {
-            ngx_stream_im_redis_fail("bad reply");
+            ngx_stream_im_redis_conn_fail(rc, "bad reply");
             return;
         }
     }
 
     if (ngx_handle_read_event(rev, 0) != NGX_OK) {
-        ngx_stream_im_redis_fail("event error");
+        ngx_stream_im_redis_conn_fail(rc, "event error");
     }
 }
 
+
+/*
+ * NGX_DONE: the reply is held for a WAIT and not to be freed yet;
+ * NGX_ERROR: a reply nobody asked for.
+ */
 
 static ngx_int_t
 ngx_stream_im_redis_reply(ngx_stream_im_redis_conn_t *rc, redisReply *r)
 {
     ngx_stream_im_redis_cb_t  cb;
 
-    if (rc->subscriber
+    if (rc->kind >= NGX_STREAM_IM_REDIS_SUB
         && r->type == REDIS_REPLY_ARRAY && r->elements == 3
         && r->element[0]->type == REDIS_REPLY_STRING
         && ngx_strcmp(r->element[0]->str, "message") == 0)
     {
-        ngx_stream_im_redis_push(r);
+        if (rc->kind == NGX_STREAM_IM_REDIS_SUB) {
+            ngx_stream_im_redis_push(r);
+
+        } else if (rc->kind == NGX_STREAM_IM_REDIS_WATCH) {
+            ngx_stream_im_redis_switched(r);
+        }
+
         return NGX_OK;
     }
 
@@ -1048,6 +1765,30 @@ ngx_stream_im_redis_reply(ngx_stream_im_redis_conn_t *rc, redisReply *r)
 
         ngx_stream_im_redis_fail("script cache flushed");
         return NGX_OK;
+    }
+
+    if (r->type == REDIS_REPLY_ERROR
+        && rc->kind == NGX_STREAM_IM_REDIS_CMD
+        && (ngx_strncmp(r->str, "READONLY", 8) == 0
+            || ngx_strncmp(r->str, "LOADING", 7) == 0
+            || ngx_strncmp(r->str, "MASTERDOWN", 10) == 0))
+    {
+        /* a demoted master, or one still loading: never write to it */
+
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "redis %V: %s", &ngx_stream_im_redis.addr->name,
+                      r->str);
+
+        if (cb.handler) {
+            cb.handler(&cb.ref, NULL);
+        }
+
+        ngx_stream_im_redis_fail("not a writable master");
+        return NGX_OK;
+    }
+
+    if (cb.replicated && r->type != REDIS_REPLY_ERROR) {
+        return ngx_stream_im_redis_hold(&cb, r);
     }
 
     if (cb.handler) {
@@ -1076,10 +1817,12 @@ ngx_stream_im_redis_reply(ngx_stream_im_redis_conn_t *rc, redisReply *r)
 static u_char *
 ngx_stream_im_redis_log_error(ngx_log_t *log, u_char *buf, size_t len)
 {
-    ngx_stream_im_redis_t *rd = log->data;
+    ngx_stream_im_redis_conn_t *rc = log->data;
 
-    return ngx_snprintf(buf, len, " while %s %V", log->action,
-                        &rd->addr->name);
+    return ngx_snprintf(buf, len, " while %s %V",
+                        rc->kind >= NGX_STREAM_IM_REDIS_QUERY
+                        ? "talking to sentinel" : log->action,
+                        &rc->addr->name);
 }
 
 
@@ -1174,7 +1917,7 @@ ngx_stream_im_redis_write_handler(ngx_event_t *wev)
     if (!rc->connected) {
 
         if (wev->timedout) {
-            ngx_stream_im_redis_fail("connect timed out");
+            ngx_stream_im_redis_conn_fail(rc, "connect timed out");
             return;
         }
 
@@ -1192,8 +1935,8 @@ ngx_stream_im_redis_write_handler(ngx_event_t *wev)
 
         if (err) {
             ngx_log_error(NGX_LOG_ERR, c->log, err, "connect() to %V failed",
-                          &ngx_stream_im_redis.addr->name);
-            ngx_stream_im_redis_fail("cannot connect");
+                          &rc->addr->name);
+            ngx_stream_im_redis_conn_fail(rc, "cannot connect");
             return;
         }
 
@@ -1204,6 +1947,15 @@ ngx_stream_im_redis_write_handler(ngx_event_t *wev)
         }
     }
 
+    /* the writes of this turn are covered by one WAIT behind them */
+
+    if (rc->kind == NGX_STREAM_IM_REDIS_CMD
+        && ngx_stream_im_redis_wait_append() != NGX_OK)
+    {
+        ngx_stream_im_redis_fail("no memory");
+        return;
+    }
+
     while (rc->out_pos < rc->out_len) {
         n = c->send(c, rc->out + rc->out_pos, rc->out_len - rc->out_pos);
 
@@ -1212,7 +1964,7 @@ ngx_stream_im_redis_write_handler(ngx_event_t *wev)
         }
 
         if (n == NGX_ERROR) {
-            ngx_stream_im_redis_fail("send failed");
+            ngx_stream_im_redis_conn_fail(rc, "send failed");
             return;
         }
 
@@ -1226,7 +1978,7 @@ ngx_stream_im_redis_write_handler(ngx_event_t *wev)
     }
 
     if (ngx_handle_write_event(wev, 0) != NGX_OK) {
-        ngx_stream_im_redis_fail("event error");
+        ngx_stream_im_redis_conn_fail(rc, "event error");
     }
 }
 
@@ -1346,6 +2098,7 @@ ngx_stream_im_redis_push_cb(ngx_stream_im_redis_conn_t *rc,
 
     cb->handler = handler;
     cb->start = ngx_stream_im_metrics_clock();
+    cb->replicated = 0;
 
     if (ref) {
         cb->ref = *ref;
@@ -1357,4 +2110,171 @@ ngx_stream_im_redis_push_cb(ngx_stream_im_redis_conn_t *rc,
     rc->cb_count++;
 
     return NGX_OK;
+}
+
+
+/* the command just queued is a replicated write: its reply waits */
+
+static void
+ngx_stream_im_redis_hold_next(ngx_stream_im_redis_conn_t *rc)
+{
+    rc->cbs[(rc->cb_head + rc->cb_count - 1) & (rc->cb_size - 1)]
+        .replicated = 1;
+
+    ngx_stream_im_redis.wait_needed = 1;
+}
+
+
+static ngx_int_t
+ngx_stream_im_redis_wait_append(void)
+{
+    ngx_stream_im_redis_t  *rd;
+
+    rd = &ngx_stream_im_redis;
+
+    /*
+     * Redis holds every command behind a WAIT until it returns: with one
+     * in flight, a dead replica delays a worker by one timeout at a time,
+     * not by one per turn.
+     */
+
+    if (!rd->wait_needed || rd->wait_inflight
+        || rd->state != NGX_STREAM_IM_REDIS_READY)
+    {
+        return NGX_OK;
+    }
+
+    if (ngx_stream_im_redis_push_cb(&rd->cmd, ngx_stream_im_redis_waited,
+                                    NULL)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (ngx_stream_im_redis_append(&rd->cmd, 3, rd->wait_args) != NGX_OK) {
+        rd->cmd.cb_count--;
+        return NGX_ERROR;
+    }
+
+    rd->wait_needed = 0;
+    rd->wait_inflight = 1;
+
+    return NGX_OK;
+}
+
+
+/* WAIT answers how many replicas have every write before it */
+
+static void
+ngx_stream_im_redis_waited(ngx_stream_im_ref_t *ref, redisReply *r)
+{
+    ngx_stream_im_redis_t  *rd;
+
+    rd = &ngx_stream_im_redis;
+
+    if (r == NULL) {
+        return;
+    }
+
+    rd->wait_inflight = 0;
+
+    if (r->type == REDIS_REPLY_INTEGER
+        && r->integer >= (long long) rd->conf->wait)
+    {
+        ngx_stream_im_redis_release(1);
+
+    } else {
+        if (rd->nheld) {
+            ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                          "redis %V: %s%s%L of %ui replicas in %M ms, "
+                          "%ui sends answered as unavailable",
+                          &rd->addr->name,
+                          r->type == REDIS_REPLY_ERROR ? r->str : "",
+                          r->type == REDIS_REPLY_ERROR ? ", " : "",
+                          r->type == REDIS_REPLY_INTEGER ? r->integer : 0,
+                          rd->conf->wait, rd->conf->wait_timeout,
+                          rd->nheld);
+
+            ngx_stream_im_metrics_count(NGX_STREAM_IM_M_WAIT_FAILED);
+        }
+
+        ngx_stream_im_redis_release(0);
+    }
+
+    if (rd->wait_needed && rd->cmd.connected) {
+        ngx_post_event(rd->cmd.connection->write, &ngx_posted_events);
+    }
+}
+
+
+static ngx_int_t
+ngx_stream_im_redis_hold(ngx_stream_im_redis_cb_t *cb, redisReply *r)
+{
+    ngx_uint_t                   size;
+    ngx_stream_im_redis_t       *rd;
+    ngx_stream_im_redis_held_t  *held;
+
+    rd = &ngx_stream_im_redis;
+
+    if (rd->nheld == rd->held_size) {
+        size = rd->held_size ? rd->held_size * 2 : 64;
+
+        held = ngx_alloc(size * sizeof(ngx_stream_im_redis_held_t),
+                         ngx_cycle->log);
+        if (held == NULL) {
+            if (cb->handler) {
+                cb->handler(&cb->ref, NULL);
+            }
+
+            return NGX_OK;
+        }
+
+        if (rd->held) {
+            ngx_memcpy(held, rd->held,
+                       rd->nheld * sizeof(ngx_stream_im_redis_held_t));
+            ngx_free(rd->held);
+        }
+
+        rd->held = held;
+        rd->held_size = size;
+    }
+
+    held = &rd->held[rd->nheld++];
+
+    held->handler = cb->handler;
+    held->ref = cb->ref;
+    held->reply = r;
+
+    return NGX_DONE;
+}
+
+
+/*
+ * The held replies go to their handlers, or NULL ("unavailable": the
+ * client sends again with the same client_msg_id) when not replicated.
+ * The list is emptied first: a handler may take the link down.
+ */
+
+static void
+ngx_stream_im_redis_release(ngx_uint_t ok)
+{
+    ngx_uint_t                   i, n;
+    ngx_stream_im_redis_t       *rd;
+    ngx_stream_im_redis_held_t  *held, h;
+
+    rd = &ngx_stream_im_redis;
+
+    held = rd->held;
+    n = rd->nheld;
+    rd->nheld = 0;
+
+    for (i = 0; i < n; i++) {
+        h = held[i];
+
+        if (h.handler) {
+            h.handler(&h.ref, ok ? h.reply : NULL);
+        }
+
+        freeReplyObject(h.reply);
+    }
 }

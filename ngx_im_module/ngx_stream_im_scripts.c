@@ -114,7 +114,7 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
      * target, group max, "1" from the backend (no membership needed, no
      * copy for the sender, who has no devices).  Returns {msg_id,
      * client_msg_id, bytes a group send stored} ({msg_id, client_msg_id}
-     * for a duplicate).
+     * for a duplicate).  Its reply waits for im_redis_wait replicas.
      */
 
     { ngx_string(
@@ -183,7 +183,7 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
           "end\n"
           "if ARGV[6] ~= 'g' then return {id, cmid, 0} end\n"
           "return {id, cmid, #users * #entry}\n"),
-      "" },
+      "", 1 },
 
     /*
      * login: KEYS routes, cursor, revoked; ARGV: session, channel,
@@ -205,7 +205,7 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
           "  redis.call('PUBLISH', 'im:presence:' .. ARGV[5], '1 ' .. now())\n"
           "end\n"
           "return {1, redis.call('HGET', KEYS[2], ARGV[3]) or ''}\n"),
-      "" },
+      "", 0 },
 
     /*
      * typing: ARGV: sender, kind, target, packed Frame, group max,
@@ -232,7 +232,7 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
           "             .. table.concat(l, ' ') .. '\\n' .. ARGV[4])\n"
           "end\n"
           "return 1\n"),
-      "" },
+      "", 0 },
 
     /*
      * group: ARGV: group, user, "join" or "leave", max members.  Only
@@ -262,7 +262,7 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
           "end\n"
           "redis.call('SADD', g, ARGV[2])\n"
           "return 1\n"),
-      "" },
+      "", 0 },
 
     /*
      * logout: ARGV: user, session.  The last session of a user records
@@ -278,7 +278,7 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
           "redis.call('SET', 'im:{u:' .. ARGV[1] .. '}:seen', ms)\n"
           "redis.call('PUBLISH', 'im:presence:' .. ARGV[1], '0 ' .. ms)\n"
           "return 1\n"),
-      "" },
+      "", 0 },
 
     /*
      * presence: ARGV: users.  Returns {user, online, last seen ms, ...},
@@ -297,7 +297,7 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
           "  out[#out + 1] = tonumber(seen or '0')\n"
           "end\n"
           "return out\n"),
-      "" },
+      "", 0 },
 
     /*
      * range: KEYS inbox; ARGV: from, to ("-", "+" or "(<id>"), count,
@@ -332,7 +332,7 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
           "  if #r < 16 then return out end\n"
           "  if rev then to = '(' .. r[#r][1] else from = '(' .. r[#r][1] end\n"
           "end\n"),
-      "" },
+      "", 0 },
 
     /*
      * reroute: KEYS routes; ARGV: session, channel, user.  The route of a
@@ -348,7 +348,7 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
           "  redis.call('PUBLISH', 'im:presence:' .. ARGV[3], '1 ' .. now())\n"
           "end\n"
           "return 1\n"),
-      "" },
+      "", 0 },
 
     /*
      * revoked: KEYS revoked; ARGV: token iat in ms.  Returns 1 when the
@@ -359,7 +359,7 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
           "local rv = redis.call('GET', KEYS[1])\n"
           "if rv and tonumber(ARGV[1]) < tonumber(rv) then return 1 end\n"
           "return 0\n"),
-      "" },
+      "", 0 },
 
     /*
      * kick: KEYS routes, revoked; ARGV: user, device or "" for all, error
@@ -394,7 +394,7 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
           "             .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[4])\n"
           "end\n"
           "return n\n"),
-      "" },
+      "", 0 },
 
     /*
      * devices: ARGV: users.  Returns {user, online, last seen ms,
@@ -429,7 +429,7 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
           "  out[#out + 1] = devices\n"
           "end\n"
           "return out\n"),
-      "" },
+      "", 0 },
 
     /*
      * admin group: KEYS members, meta; ARGV: "put" open | "delete" |
@@ -490,5 +490,5 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
           "end\n"
           "local removed = apply('SREM', del)\n"
           "return {apply('SADD', add), removed, redis.call('SCARD', g)}\n"),
-      "" }
+      "", 0 }
 };

@@ -57,14 +57,21 @@ def cursor_key(user):
 def redis_cmd(redis, *args, timeout=10):
     """One command to redis over RESP; the parsed reply (bytes, int, list,
     None; an error reply raises RuntimeError)."""
-    out = b"*%d\r\n" % len(args)
-    for a in args:
-        a = a if isinstance(a, bytes) else str(a).encode()
-        out += b"$%d\r\n%s\r\n" % (len(a), a)
+    def command(args):
+        out = b"*%d\r\n" % len(args)
+        for a in args:
+            a = a if isinstance(a, bytes) else str(a).encode()
+            out += b"$%d\r\n%s\r\n" % (len(a), a)
+        return out
+
+    password = getattr(redis, "password", None)
     with socket.create_connection(("127.0.0.1", redis.port),
                                   timeout=timeout) as s:
-        s.sendall(out)
         f = s.makefile("rb")
+        if password:
+            s.sendall(command(["AUTH", password]))
+            _resp(f)
+        s.sendall(command(args))
         return _resp(f)
 
 

@@ -98,6 +98,8 @@ class ChatClient:
         self.pending = collections.deque()      # cmids to (re)send
         self.attempts = 0
         self.send_errors = collections.Counter()  # Error code name on Send
+        self.error_times = []                   # monotonic time of each
+        self.ack_times = []                     # monotonic time of each
         self.no_reply = 0                       # Sends lost with a session
         self.unexpected = []
         self.got = {}                           # msg_id -> Message of peer
@@ -356,12 +358,14 @@ class ChatClient:
                     return "timeout"
                 return "goaway" if conn.goaway_at is not None else "closed"
             if body(f) == "send_ack":
+                self.ack_times.append(time.monotonic())
                 next_send = time.monotonic() + random.uniform(
                     0.5, 1.5) * load.interval
                 continue
             if body(f) == "error":
                 name = load.pb.Error.Code.Name(f.error.code)
                 self.send_errors[name] += 1
+                self.error_times.append(time.monotonic())
                 if name != "UNAVAILABLE":
                     self.unexpected.append("Send %s: %s" % (cmid, f))
                 self.pending.appendleft(cmid)

@@ -215,6 +215,15 @@ def redis_answers(addr):
         return False
 
 
+def link_answers(im_redis):
+    """redis_answers() for an `im_redis` value: for sentinel:, one of the
+    sentinels accepts connections."""
+    if not im_redis.startswith("sentinel:"):
+        return redis_answers(im_redis)
+    hosts = im_redis[len("sentinel:"):].partition("/")[0].split(",")
+    return any(port_open(int(h.rpartition(":")[2])) for h in hosts)
+
+
 def process_children(ppid):
     """[(pid, state, cmdline)] of the children of ppid, zombies included."""
     out = []
@@ -261,7 +270,7 @@ class Redis:
     the same port and dir, so clients can watch Redis go away and come
     back with its append-only file."""
 
-    def __init__(self, dir, port=None):
+    def __init__(self, dir, port=None, args=(), password=None):
         self.dir = str(dir)
         os.makedirs(self.dir, exist_ok=True)
         self.port = port or free_port()
@@ -270,6 +279,10 @@ class Redis:
         self.log = os.path.join(self.dir, "redis.log")
         # "always" for a test that SIGKILLs it and counts every SendAck
         self.appendfsync = "everysec"
+        # more redis-server options, e.g. ["--replicaof", host, port]
+        self.args = [str(a) for a in args]
+        # requirepass (and masterauth, for a replica of the same password)
+        self.password = password
 
     def fsync_always(self):
         """appendfsync always, now and after a restart: for a test that
@@ -289,12 +302,18 @@ class Redis:
                 [REDIS_SERVER, "--port", str(self.port),
                  "--bind", "127.0.0.1", "--dir", self.dir, "--save", "",
                  "--appendonly", "yes", "--appendfsync", self.appendfsync,
-                 "--daemonize", "no"],
+                 "--daemonize", "no"] + self._auth_args() + self.args,
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
         wait_until(self._ready, timeout, 0.02,
                    "redis-server on %s (log %s)" % (self.addr, self.log))
         return self
+
+    def _auth_args(self):
+        if not self.password:
+            return []
+        return ["--requirepass", self.password,
+                "--masterauth", self.password]
 
     def _ready(self):
         if self.proc.poll() is not None:
@@ -302,6 +321,10 @@ class Redis:
         try:
             with socket.create_connection(("127.0.0.1", self.port),
                                           timeout=0.5) as s:
+                if self.password:
+                    s.sendall(b"AUTH %s\r\n" % self.password.encode())
+                    if not s.recv(64).startswith(b"+OK"):
+                        return False
                 s.sendall(b"PING\r\n")
                 return s.recv(64).startswith(b"+PONG")
         except OSError:
@@ -334,8 +357,10 @@ class Redis:
     def cli(self, *args, timeout=10):
         """Run redis-cli against this server; returns its stdout, stripped
         (raises CalledProcessError on failure)."""
+        auth = ["--no-auth-warning", "-a", self.password] \
+            if self.password else []
         r = subprocess.run([REDIS_CLI, "-h", "127.0.0.1", "-p",
-                            str(self.port)] + [str(a) for a in args],
+                            str(self.port)] + auth + [str(a) for a in args],
                            capture_output=True, text=True, timeout=timeout,
                            check=True)
         return r.stdout.strip()
@@ -533,7 +558,7 @@ class Nginx:
         with UNAVAILABLE, which is right but not what a test starts with."""
         with open(self.conf_path) as fp:
             addrs = re.findall(r"^\s*im_redis\s+(\S+);", fp.read(), re.M)
-        if not addrs or not all(redis_answers(a) for a in addrs):
+        if not addrs or not all(link_answers(a) for a in addrs):
             return
         want = {str(p) for p in pids}
 

@@ -129,6 +129,78 @@ def test_im_redis_twice_fails(nginx_t):
            r"im_redis.*duplicate")
 
 
+SENTINELS16 = ",".join("127.0.0.1:%d" % (26379 + i) for i in range(16))
+
+
+@pytest.mark.parametrize("addr", [
+    "sentinel:127.0.0.1:26379/mymaster",
+    "sentinel:127.0.0.1/mymaster",
+    "sentinel:127.0.0.1:26379,127.0.0.2:26380,[::1]:26381/m-1.x",
+    "sentinel:%s/mymaster" % SENTINELS16])
+def test_im_redis_sentinels_pass(nginx_t, addr):
+    passed(nginx_t("", redis_addr=addr))
+
+
+@pytest.mark.parametrize("addr, pattern", [
+    ("sentinel:127.0.0.1:26379", r"needs sentinel:HOST:PORT"),
+    ("sentinel:/mymaster", r"needs sentinel:HOST:PORT"),
+    ("sentinel:127.0.0.1:26379/", r"needs sentinel:HOST:PORT"),
+    ("sentinel:localhost:26379/m", r"needs an IP address"),
+    ("sentinel:127.0.0.1:26379,/m", r"needs an IP address"),
+    ("sentinel:%s,127.0.0.1:1/m" % SENTINELS16, r"more than 16 sentinels"),
+    ("sentinel:127.0.0.1/" + "m" * 129, r"needs sentinel:HOST:PORT"),
+])
+def test_im_redis_bad_sentinels_fail(nginx_t, addr, pattern):
+    failed(nginx_t("", redis_addr=addr), pattern)
+
+
+@pytest.mark.parametrize("value", ["0 1ms", "1 1s", "16 3000ms", "2 3s"])
+def test_im_redis_wait_in_bounds_passes(nginx_t, value):
+    passed(nginx_t("im_redis_wait %s;" % value))
+
+
+@pytest.mark.parametrize("value", ["17 1s", "-1 1s", "x 1s", "1 0",
+                                   "1 3001ms", "1 4s", "1 x"])
+def test_im_redis_wait_out_of_bounds_fails(nginx_t, value):
+    failed(nginx_t("im_redis_wait %s;" % value), r"im_redis_wait.*needs")
+
+
+def test_im_redis_wait_twice_fails(nginx_t):
+    failed(nginx_t("im_redis_wait 1 1s; im_redis_wait 1 1s;"),
+           r"im_redis_wait.*duplicate")
+
+
+@pytest.mark.parametrize("content", ["secret\n", "secret", "u1 secret\r\n",
+                                     "x" * 512, "a b c\n"])
+def test_im_redis_password_files_pass(nginx_t, content):
+    passed(nginx_t("im_redis_password {dir}/pw; "
+                   "im_redis_sentinel_password {dir}/pw;",
+                   files={"pw": content}))
+
+
+@pytest.mark.parametrize("content", ["", "\n", "x" * 513, " secret",
+                                     "user \n", "a\nb", "a\x00b"])
+def test_im_redis_bad_password_files_fail(nginx_t, content):
+    failed(nginx_t("im_redis_password {dir}/pw;", files={"pw": content}),
+           r"(is not a password file|holds no password)")
+
+
+def test_im_redis_password_missing_file_and_twice_fail(nginx_t):
+    failed(nginx_t("im_redis_password {dir}/nope;"), r"open\(\) .*nope")
+    failed(nginx_t("im_redis_password {dir}/pw; im_redis_password {dir}/pw;",
+                   files={"pw": "x"}), r"im_redis_password.*duplicate")
+
+
+@pytest.mark.parametrize("value, ok", [("0", True), ("65535", True),
+                                       ("65536", False), ("-1", False)])
+def test_im_redis_db_bounds(nginx_t, value, ok):
+    r = nginx_t("im_redis_db %s;" % value)
+    if ok:
+        passed(r)
+    else:
+        failed(r, r"im_redis_db")
+
+
 # --------------------------------------------------------------------------
 # im_origins
 

@@ -53,6 +53,7 @@ FAMILIES = {
     "ngx_im_rate_limited_total": ("counter", ()),
     "ngx_im_goaways_total": ("counter", ()),
     "ngx_im_redis_reconnects_total": ("counter", ()),
+    "ngx_im_redis_wait_failed_total": ("counter", ()),
     "ngx_im_redis_up": ("gauge", ("worker",)),
     "ngx_im_send_ack_seconds": ("histogram", ()),
     "ngx_im_redis_roundtrip_seconds": ("histogram", ()),
