@@ -281,7 +281,7 @@ run_servers() {
         -e "s,@PORT@,$port,g" -e "s,@REDIS@,127.0.0.1:$rport,g" \
         -e "s,@DIR@,$dir,g" -e "s,@HTTP_PORT@,$hport,g" \
         -e "s,@WEB@,$top/examples/web-chat,g" -e "s,@BUNDLE@,$build/web,g" \
-        -e "s,@TOKEN_PORT@,$tport,g" \
+        -e "s,@TOKEN_PORT@,$tport,g" -e "s,@USER@,$(id -un),g" \
         "$top/t/conf/nginx.conf" >"$dir/nginx.conf"
 
     /usr/sbin/nginx -t -q -p "$dir" -c "$dir/nginx.conf"

@@ -8,7 +8,7 @@ import { execFile, spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync }
     from "node:fs";
 import { createServer, connect as tcpConnect } from "node:net";
-import { tmpdir } from "node:os";
+import { tmpdir, userInfo } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
@@ -156,6 +156,7 @@ export class Nginx {
             DIR: this.dir, HTTP_PORT: this.httpPort,
             WEB: join(top, "examples", "web-chat"),
             BUNDLE: join(build, "web"), TOKEN_PORT: this.o.tokenPort,
+            USER: userInfo().username,
         };
         mkdirSync(join(this.dir, "logs"));
         this.log = join(this.dir, "logs", "error.log");
