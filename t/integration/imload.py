@@ -92,6 +92,7 @@ class ChatClient:
         self.peer = peer
         self.device = device
         self.token = load.n.token(user, exp=3600)
+        self.url = load.url                     # another node's: set it
         self.seq = 0
         self.sent = {}                          # cmid -> body
         self.acks = collections.defaultdict(set)  # cmid -> {msg_id}
@@ -177,7 +178,7 @@ class ChatClient:
 
     async def _connect(self):
         try:
-            ws = await ws_connect(self.load.url, open_timeout=5,
+            ws = await ws_connect(self.url, open_timeout=5,
                                   close_timeout=2)
         except (OSError, asyncio.TimeoutError,
                 websockets.WebSocketException) as e:
