@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Merge the im-bench runs of bench/run into results.json and print a table.
 
-Reads DIR/run-im.json, run-lanying.json, run-nchan.json and
+Reads DIR/run-im.json, run-im-wait1.json (--redis sentinel: the same
+with im_redis_wait 1), run-lanying.json, run-nchan.json and
 run-mosquitto.json (whichever exist) and writes DIR/results.json.
 """
 
@@ -133,6 +134,7 @@ def main():
     lanying = load(os.path.join(args.dir, "run-lanying.json"))
     nchan = load(os.path.join(args.dir, "run-nchan.json"))
     mosq = load(os.path.join(args.dir, "run-mosquitto.json"))
+    wait1 = load(os.path.join(args.dir, "run-im-wait1.json"))
 
     ours = summary(im, "im") or {}
     res = {
@@ -165,9 +167,16 @@ def main():
         "machine": args.machine,
         "finished": datetime.datetime.now(datetime.timezone.utc)
                     .strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "runs": {"im": im, "lanying": lanying, "nchan": nchan,
-                 "mosquitto": mosq},
+        "runs": {"im": im, "im_wait1": wait1, "lanying": lanying,
+                 "nchan": nchan, "mosquitto": mosq},
     }
+
+    if wait1 is not None:
+        w1 = summary(wait1, "im")
+        res["im_redis_wait_1"] = w1
+        res["im_redis_wait_1_target_chat"] = target_chat(wait1)
+        res["ratio_cpu_us_per_msg_wait1_to_wait0"] = ratio(
+            w1["server_cpu_us_per_msg"], ours.get("server_cpu_us_per_msg"))
 
     peers = {}
 
@@ -190,7 +199,11 @@ def main():
 
     # the table
 
-    cols = [("ngx_im", ours)] + [(k, v) for k, v in peers.items()]
+    cols = [("ngx_im", ours)]
+    if wait1 is not None:
+        cols = [("ngx_im wait 0", ours),
+                ("ngx_im wait 1", res["im_redis_wait_1"])]
+    cols += [(k, v) for k, v in peers.items()]
     rows = [
         ("sessions held", "sessions_open_in_hold", "{:,.0f}"),
         ("idle bytes/connection (server)", "idle_bytes_per_connection",
@@ -253,12 +266,15 @@ def main():
                         else str(v).rjust(widths[i])
                         for i, v in enumerate(r)))
 
-    tc = res["target_chat"]
-    if tc:
+    for label, tc in (("ngx_im", res["target_chat"]),
+                      ("ngx_im wait 1",
+                       res.get("im_redis_wait_1_target_chat"))):
+        if not tc:
+            continue
         print()
-        print("ngx_im at {} msg/s offered: {} delivered/s, p50 {} ms, "
+        print("{} at {} msg/s offered: {} delivered/s, p50 {} ms, "
               "p99 {} ms, p999 {} ms, server CPU {} us/msg".format(
-                  cell(tc["offered_per_s"], "{:,.0f}"),
+                  label, cell(tc["offered_per_s"], "{:,.0f}"),
                   cell(tc["delivered_per_s"], "{:,.0f}"),
                   cell(tc["p50_ms"], "{:.2f}"), cell(tc["p99_ms"], "{:.2f}"),
                   cell(tc["p999_ms"], "{:.2f}"),
@@ -278,7 +294,8 @@ def main():
     print("machine:", args.machine)
     print("results:", os.path.join(args.dir, "results.json"))
 
-    bad = [n for n, r in (("ngx_im", im), ("lanying", lanying),
+    bad = [n for n, r in (("ngx_im", im), ("ngx_im wait 1", wait1),
+                          ("lanying", lanying),
                           ("nchan", nchan), ("mosquitto", mosq))
            if r is not None and not r.get("ok")]
     if bad:

@@ -88,7 +88,7 @@ static ngx_command_t  ngx_stream_im_commands[] = {
       &ngx_stream_im_db_bounds },
 
     { ngx_string("im_redis_wait"),
-      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE2,
+      NGX_STREAM_MAIN_CONF|NGX_STREAM_SRV_CONF|NGX_CONF_TAKE12,
       ngx_stream_im_redis_wait_set,
       NGX_STREAM_MAIN_CONF_OFFSET,
       0,

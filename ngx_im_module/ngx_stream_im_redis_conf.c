@@ -419,6 +419,23 @@ ngx_stream_im_redis_wait_set(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
+    if (cf->args->nelts == 2) {
+
+        /* "im_redis_wait 0;" says it is off */
+
+        if (n != 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"im_redis_wait\" needs a timeout after "
+                               "the number of replicas");
+            return NGX_CONF_ERROR;
+        }
+
+        imcf->redis.wait = 0;
+        imcf->redis.wait_timeout = 0;
+
+        return NGX_CONF_OK;
+    }
+
     timeout = ngx_parse_time(&value[2], 0);
 
     if (timeout == (ngx_msec_t) NGX_ERROR || timeout == 0

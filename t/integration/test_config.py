@@ -154,13 +154,14 @@ def test_im_redis_bad_sentinels_fail(nginx_t, addr, pattern):
     failed(nginx_t("", redis_addr=addr), pattern)
 
 
-@pytest.mark.parametrize("value", ["0 1ms", "1 1s", "16 3000ms", "2 3s"])
+@pytest.mark.parametrize("value", ["0", "0 1ms", "1 1s", "16 3000ms",
+                                   "2 3s"])
 def test_im_redis_wait_in_bounds_passes(nginx_t, value):
     passed(nginx_t("im_redis_wait %s;" % value))
 
 
 @pytest.mark.parametrize("value", ["17 1s", "-1 1s", "x 1s", "1 0",
-                                   "1 3001ms", "1 4s", "1 x"])
+                                   "1 3001ms", "1 4s", "1 x", "1"])
 def test_im_redis_wait_out_of_bounds_fails(nginx_t, value):
     failed(nginx_t("im_redis_wait %s;" % value), r"im_redis_wait.*needs")
 

@@ -16,6 +16,7 @@ const SUBPROTOCOL = "im.v1";
 
 // msg_ids of this client's own stored sends, not yet passed by the inbox
 const OWN_IDS = 1024;
+const SEEN_SENDS = 1024;
 
 // a PresenceSub carries at most this many users
 const PRESENCE_CHUNK = 100;
@@ -70,6 +71,7 @@ export class ImClient extends Emitter {
 
     #lastDelivered = "";    // the last inbox message passed to "message"
     #ownIds = new Set();    // msg_ids of our stored sends after it
+    #seenSends = new Set(); // "from\ncmid" of the last messages emitted
 
     #connectWaiters = [];
 
@@ -683,7 +685,7 @@ export class ImClient extends Emitter {
                     msgId: id, from: m.from, to: m.to, group: m.group,
                     upTo: UTF8.decode(m.body), tsMs: m.tsMs,
                 });
-            } else {
+            } else if (this.#firstCopy(m)) {
                 this.emit("message", message(m));
             }
             // our ids come in the order stored: the passed ones first
@@ -706,6 +708,24 @@ export class ImClient extends Emitter {
                 }
             }, this.#o.ackDelayMs);
         }
+    }
+
+    // A send stored on a primary that died before a replica had it can
+    // be seen live and then stored again by its sender's retry, under a
+    // new msg_id but the same client_msg_id: it is shown once.
+    #firstCopy(m) {
+        if (!m.clientMsgId) {
+            return true;
+        }
+        const key = m.from + "\n" + m.clientMsgId;
+        if (this.#seenSends.has(key)) {
+            return false;
+        }
+        if (this.#seenSends.size >= SEEN_SENDS) {
+            this.#seenSends.delete(this.#seenSends.values().next().value);
+        }
+        this.#seenSends.add(key);
+        return true;
     }
 
     #stored(msgId) {

@@ -208,3 +208,25 @@ test("a server that drops every session right after AuthOk gets a " +
     // 50 ms doubling from 0: at most about 7 waits fit in 2 s
     assert.ok(srv.connections <= 12, srv.connections);
 });
+
+test("one send seen under two msg_ids (a failover's retry) is shown once",
+     async (t) => {
+    const push = (msgId, cmid) => encode({ id: 0, message: {
+        msgId, from: "bob", to: "u", body: Buffer.from("hi"),
+        clientMsgId: cmid } });
+    const srv = await fakeServer(t, serve((f) => {
+        if (f.body === "auth") {
+            return [signedIn(f), push("100-1", "c1"), push("200-1", "c1"),
+                    push("300-1", "c2"), push("400-1", "")];
+        }
+        return null;
+    }));
+    const c = new ImClient({ url: srv.url, token: "t", device: "d" });
+    t.after(() => c.close());
+    const got = [];
+    c.on("message", (m) => got.push(m.msgId));
+    await c.connect();
+    await waitFor(() => got.length === 3, 5000, "three messages");
+    await sleep(100);
+    assert.deepEqual(got, ["100-1", "300-1", "400-1"]);
+});
