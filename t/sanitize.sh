@@ -47,7 +47,8 @@ python=/usr/bin/python3
 san="-fsanitize=address,undefined -fno-omit-frame-pointer"
 
 # the files whose code paths are the hostile-input surface: handshake,
-# framing, protobuf, tokens, floods, the session's whole life
+# framing, protobuf, tokens, floods, the session's whole life, and the
+# Redis link's (Sentinel answers, failover, replies held for WAIT)
 default_tests=(
     t/integration/test_handshake.py
     t/integration/test_websocket.py
@@ -57,6 +58,7 @@ default_tests=(
     t/integration/test_hostile.py
     t/integration/test_token_lifetime.py
     t/integration/test_api.py
+    t/integration/test_sentinel.py
 )
 
 
