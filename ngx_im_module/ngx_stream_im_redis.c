@@ -75,6 +75,9 @@
 #define NGX_STREAM_IM_REDIS_STALL       12000
 #define NGX_STREAM_IM_REDIS_SETUP       6000
 #define NGX_STREAM_IM_REDIS_WATCH_RETRY 1000
+#define NGX_STREAM_IM_REDIS_WATCH_MAX   30000
+#define NGX_STREAM_IM_REDIS_SWITCH_GAP  1000
+#define NGX_STREAM_IM_SENTINEL_REPLY    65536
 
 
 typedef struct {
@@ -116,6 +119,7 @@ typedef struct {
     ngx_uint_t                      cb_count;
     ngx_uint_t                      cb_size;
 
+    size_t                          partial;    /* fed, no reply yet */
     ngx_uint_t                      kind;
     unsigned                        connected:1;
 } ngx_stream_im_redis_conn_t;
@@ -154,10 +158,17 @@ typedef struct {
     ngx_uint_t                      sentinel;   /* the next to query */
     ngx_uint_t                      watched;    /* the next to watch */
     ngx_uint_t                      watch_pong_pending;
+    ngx_msec_t                      watch_ping_at;
+    ngx_msec_t                      watch_backoff;
+    ngx_msec_t                      switched_at;
+    ngx_event_t                     switch_later;
+    u_char                          switch_to[NGX_SOCKADDR_STRLEN];
+    size_t                          switch_to_len;
     ngx_event_t                     watch_retry;
 
     /* im_redis_wait */
     ngx_str_t                       wait_args[3];
+    ngx_str_t                       wait_check[3];
     u_char                          wait_num[NGX_INT_T_LEN];
     u_char                          wait_ms[NGX_INT_T_LEN];
     ngx_uint_t                      wait_needed;   /* writes not covered */
@@ -192,6 +203,7 @@ static void ngx_stream_im_redis_watch_retry_handler(ngx_event_t *ev);
 static void ngx_stream_im_redis_watch_reply(ngx_stream_im_ref_t *ref,
     redisReply *r);
 static void ngx_stream_im_redis_switched(redisReply *r);
+static void ngx_stream_im_redis_follow_switch(ngx_event_t *ev);
 static void ngx_stream_im_redis_setup_handler(ngx_event_t *ev);
 static void ngx_stream_im_redis_call_ready(ngx_uint_t fresh);
 static void ngx_stream_im_redis_fail(char *why);
@@ -266,6 +278,10 @@ ngx_stream_im_redis_init_worker(ngx_cycle_t *cycle,
     }
 
     if (conf->wait) {
+        ngx_str_set(&rd->wait_check[0], "WAIT");
+        ngx_str_set(&rd->wait_check[1], "0");
+        ngx_str_set(&rd->wait_check[2], "1");
+
         ngx_str_set(&rd->wait_args[0], "WAIT");
 
         rd->wait_args[1].data = rd->wait_num;
@@ -323,6 +339,11 @@ ngx_stream_im_redis_init_worker(ngx_cycle_t *cycle,
     rd->setup.data = &ngx_stream_im_timer_ident;
     rd->setup.log = cycle->log;
     rd->setup.cancelable = 1;
+
+    rd->switch_later.handler = ngx_stream_im_redis_follow_switch;
+    rd->switch_later.data = &ngx_stream_im_timer_ident;
+    rd->switch_later.log = cycle->log;
+    rd->switch_later.cancelable = 1;
 
     rd->watch_retry.handler = ngx_stream_im_redis_watch_retry_handler;
     rd->watch_retry.data = &ngx_stream_im_timer_ident;
@@ -511,8 +532,15 @@ ngx_stream_im_redis_exit_worker(void)
         ngx_str_set(&argv[0], "DEL");
         argv[1] = rd->alive;
 
+        /*
+         * a WAIT in flight holds what is behind it, and Redis drops the
+         * commands of a client that leaves while blocked: wait it out
+         */
+
         if (ngx_stream_im_redis_send(rc, 2, argv, NULL, NULL) == NGX_OK) {
-            ngx_stream_im_redis_flush_sync(rc, NGX_STREAM_IM_REDIS_EXIT_WAIT);
+            ngx_stream_im_redis_flush_sync(rc, NGX_STREAM_IM_REDIS_EXIT_WAIT
+                                   + (rd->wait_inflight
+                                      ? rd->conf->wait_timeout : 0));
         }
     }
 
@@ -860,6 +888,20 @@ ngx_stream_im_redis_load(void)
         }
     }
 
+    if (conf->wait) {
+
+        /* a WAIT the server refuses (an ACL) is a setup failure */
+
+        rd->pending++;
+
+        if (ngx_stream_im_redis_send(&rd->cmd, 3, rd->wait_check,
+                                     ngx_stream_im_redis_loaded, NULL)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
     if (conf->sentinels) {
 
         /* a sentinel's answer may be stale: the master must say so */
@@ -1164,9 +1206,15 @@ ngx_stream_im_redis_watch_fail(char *why)
         return;
     }
 
-    ngx_add_timer(&rd->watch_retry, NGX_STREAM_IM_REDIS_WATCH_RETRY
-                  + (ngx_msec_t) ngx_random()
-                    % NGX_STREAM_IM_REDIS_WATCH_RETRY);
+    if (rd->watch_backoff == 0) {
+        rd->watch_backoff = NGX_STREAM_IM_REDIS_WATCH_RETRY;
+    }
+
+    ngx_add_timer(&rd->watch_retry, rd->watch_backoff
+                  + (ngx_msec_t) ngx_random() % (rd->watch_backoff / 2 + 1));
+
+    rd->watch_backoff = ngx_min(rd->watch_backoff * 2,
+                                NGX_STREAM_IM_REDIS_WATCH_MAX);
 }
 
 
@@ -1202,7 +1250,10 @@ ngx_stream_im_redis_watch_reply(ngx_stream_im_ref_t *ref, redisReply *r)
         return;
     }
 
+    /* subscribed, or a PING answered: the sentinel works */
+
     rd->watch_pong_pending = 0;
+    rd->watch_backoff = 0;
 }
 
 
@@ -1261,6 +1312,42 @@ ngx_stream_im_redis_switched(redisReply *r)
         len = ngx_sprintf(name, "%V:%V", &f[3], &f[4]) - name;
     }
 
+    ngx_memcpy(rd->switch_to, name, len);
+    rd->switch_to_len = len;
+
+    /*
+     * At once, unless switches come faster than failovers can: then one
+     * a second, the last one announced, so a flood of them (a sentinel
+     * gone wrong) does not rebuild the link and every route over and over
+     */
+
+    if (rd->switched_at != 0
+        && ngx_current_msec - rd->switched_at < NGX_STREAM_IM_REDIS_SWITCH_GAP)
+    {
+        if (!rd->switch_later.timer_set) {
+            ngx_add_timer(&rd->switch_later, NGX_STREAM_IM_REDIS_SWITCH_GAP
+                          - (ngx_current_msec - rd->switched_at));
+        }
+
+        return;
+    }
+
+    ngx_stream_im_redis_follow_switch(&rd->switch_later);
+}
+
+
+static void
+ngx_stream_im_redis_follow_switch(ngx_event_t *ev)
+{
+    ngx_stream_im_redis_t  *rd;
+
+    rd = &ngx_stream_im_redis;
+
+    if (ngx_exiting || ngx_terminate || ngx_quit) {
+        return;
+    }
+
+    rd->switched_at = ngx_current_msec;
     rd->backoff = NGX_STREAM_IM_REDIS_BACKOFF_MIN;
 
     if (rd->state == NGX_STREAM_IM_REDIS_DOWN) {
@@ -1275,8 +1362,10 @@ ngx_stream_im_redis_switched(redisReply *r)
     }
 
     if (rd->state >= NGX_STREAM_IM_REDIS_CONNECTING
-        && rd->addr->name.len == len
-        && ngx_strncmp(rd->addr->name.data, name, len) == 0)
+        && rd->addr->name.len == rd->switch_to_len
+        && ngx_strncmp(rd->addr->name.data, rd->switch_to,
+                       rd->switch_to_len)
+           == 0)
     {
         return;
     }
@@ -1418,6 +1507,7 @@ ngx_stream_im_redis_close_one(ngx_stream_im_redis_conn_t *rc)
     rc->connected = 0;
     rc->out_pos = 0;
     rc->out_len = 0;
+    rc->partial = 0;
 
     if (rc->kind == NGX_STREAM_IM_REDIS_CMD) {
 
@@ -1502,9 +1592,16 @@ ngx_stream_im_redis_heartbeat_handler(ngx_event_t *ev)
 
     /* a sentinel that went silent would hide the next failover */
 
+    /* (the heartbeat also runs when the link comes up: one period) */
+
     if (rd->watch.connected) {
         if (rd->watch_pong_pending) {
-            ngx_stream_im_redis_watch_fail("no reply for a heartbeat period");
+            if (ngx_current_msec - rd->watch_ping_at
+                >= NGX_STREAM_IM_REDIS_HEARTBEAT)
+            {
+                ngx_stream_im_redis_watch_fail(
+                                            "no reply for a heartbeat period");
+            }
 
         } else if (ngx_stream_im_redis_send(&rd->watch, 1, argv,
                                             ngx_stream_im_redis_watch_reply,
@@ -1512,6 +1609,7 @@ ngx_stream_im_redis_heartbeat_handler(ngx_event_t *ev)
                    == NGX_OK)
         {
             rd->watch_pong_pending = 1;
+            rd->watch_ping_at = ngx_current_msec;
         }
     }
 
@@ -1657,6 +1755,8 @@ ngx_stream_im_redis_read_handler(ngx_event_t *rev)
 
         while (replies < NGX_STREAM_IM_REDIS_REPLIES_MAX) {
             if (redisReaderGetReply(rc->reader, (void **) &r) != REDIS_OK) {
+                ngx_log_error(NGX_LOG_ERR, c->log, 0, "bad reply: %s",
+                              rc->reader->errstr);
                 ngx_stream_im_redis_conn_fail(rc, "bad reply");
                 return;
             }
@@ -1666,6 +1766,7 @@ ngx_stream_im_redis_read_handler(ngx_event_t *rev)
             }
 
             replies++;
+            rc->partial = 0;
 
             rv = ngx_stream_im_redis_reply(rc, r);
 
@@ -1703,6 +1804,19 @@ ngx_stream_im_redis_read_handler(ngx_event_t *rev)
         }
 
         bytes += n;
+        rc->partial += n;
+
+        /* what a sentinel has to say is small: hiredis sets no bound */
+
+        if (rc->kind >= NGX_STREAM_IM_REDIS_QUERY
+            && rc->partial > NGX_STREAM_IM_SENTINEL_REPLY)
+        {
+            ngx_log_error(NGX_LOG_ERR, c->log, 0,
+                          "a reply of more than %d bytes",
+                          NGX_STREAM_IM_SENTINEL_REPLY);
+            ngx_stream_im_redis_conn_fail(rc, "oversized reply");
+            return;
+        }
 
         if (redisReaderFeed(rc->reader, (char *) ngx_stream_im_redis_buf, n)
             != REDIS_OK)
@@ -2178,22 +2292,26 @@ ngx_stream_im_redis_waited(ngx_stream_im_ref_t *ref, redisReply *r)
 
     rd->wait_inflight = 0;
 
-    if (r->type == REDIS_REPLY_INTEGER
-        && r->integer >= (long long) rd->conf->wait)
-    {
+    if (r->type != REDIS_REPLY_INTEGER) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "redis %V refused WAIT: %s", &rd->addr->name,
+                      r->type == REDIS_REPLY_ERROR ? r->str : "a bad reply");
+
+        ngx_stream_im_redis_release(0);
+        ngx_stream_im_redis_fail("WAIT refused");
+        return;
+    }
+
+    if (r->integer >= (long long) rd->conf->wait) {
         ngx_stream_im_redis_release(1);
 
     } else {
         if (rd->nheld) {
             ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
-                          "redis %V: %s%s%L of %ui replicas in %M ms, "
+                          "redis %V: %L of %ui replicas in %M ms, "
                           "%ui sends answered as unavailable",
-                          &rd->addr->name,
-                          r->type == REDIS_REPLY_ERROR ? r->str : "",
-                          r->type == REDIS_REPLY_ERROR ? ", " : "",
-                          r->type == REDIS_REPLY_INTEGER ? r->integer : 0,
-                          rd->conf->wait, rd->conf->wait_timeout,
-                          rd->nheld);
+                          &rd->addr->name, r->integer, rd->conf->wait,
+                          rd->conf->wait_timeout, rd->nheld);
 
             ngx_stream_im_metrics_count(NGX_STREAM_IM_M_WAIT_FAILED);
         }

@@ -299,7 +299,7 @@ ngx_stream_im_redis_secret(ngx_conf_t *cf, ngx_str_t *path, ngx_str_t *user,
     ssize_t           n;
     ngx_file_t        file;
     ngx_file_info_t   fi;
-    u_char            buf[NGX_STREAM_IM_SECRET_MAX + 1];
+    u_char            buf[NGX_STREAM_IM_SECRET_MAX + 3];
 
     if (ngx_conf_full_name(cf->cycle, path, 1) != NGX_OK) {
         return NGX_CONF_ERROR;
@@ -309,7 +309,10 @@ ngx_stream_im_redis_secret(ngx_conf_t *cf, ngx_str_t *path, ngx_str_t *user,
     file.name = *path;
     file.log = cf->log;
 
-    file.fd = ngx_open_file(path->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    /* non-blocking: a FIFO must not hang "nginx -t" */
+
+    file.fd = ngx_open_file(path->data, NGX_FILE_RDONLY|NGX_FILE_NONBLOCK,
+                            NGX_FILE_OPEN, 0);
 
     if (file.fd == NGX_INVALID_FILE) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
@@ -319,15 +322,17 @@ ngx_stream_im_redis_secret(ngx_conf_t *cf, ngx_str_t *path, ngx_str_t *user,
 
     n = NGX_ERROR;
 
-    if (ngx_fd_info(file.fd, &fi) != NGX_FILE_ERROR
-        && ngx_file_size(&fi) <= NGX_STREAM_IM_SECRET_MAX)
+    /* the line, a CR LF after it at most */
+
+    if (ngx_fd_info(file.fd, &fi) != NGX_FILE_ERROR && ngx_is_file(&fi)
+        && ngx_file_size(&fi) <= NGX_STREAM_IM_SECRET_MAX + 2)
     {
         n = ngx_read_file(&file, buf, sizeof(buf), 0);
     }
 
     ngx_close_file(file.fd);
 
-    if (n == NGX_ERROR || n > NGX_STREAM_IM_SECRET_MAX) {
+    if (n == NGX_ERROR || n > NGX_STREAM_IM_SECRET_MAX + 2) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"%V\" is not a password file (one line of at "
                            "most %d bytes)", path, NGX_STREAM_IM_SECRET_MAX);
@@ -336,14 +341,23 @@ ngx_stream_im_redis_secret(ngx_conf_t *cf, ngx_str_t *path, ngx_str_t *user,
 
     last = buf + n;
 
-    while (last > buf && (last[-1] == LF || last[-1] == CR)) {
+    if (last > buf && last[-1] == LF) {
         last--;
     }
 
-    for (p = buf; p < last; p++) {
-        if (*p < ' ' || *p == 0x7f) {
-            last = NULL;
-            break;
+    if (last > buf && last[-1] == CR) {
+        last--;
+    }
+
+    if (last - buf > NGX_STREAM_IM_SECRET_MAX) {
+        last = NULL;
+
+    } else {
+        for (p = buf; p < last; p++) {
+            if (*p < ' ' || *p == 0x7f) {
+                last = NULL;
+                break;
+            }
         }
     }
 

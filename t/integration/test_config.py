@@ -172,18 +172,27 @@ def test_im_redis_wait_twice_fails(nginx_t):
 
 
 @pytest.mark.parametrize("content", ["secret\n", "secret", "u1 secret\r\n",
-                                     "x" * 512, "a b c\n"])
+                                     "x" * 512, "x" * 512 + "\r\n",
+                                     "a b c\n"])
 def test_im_redis_password_files_pass(nginx_t, content):
     passed(nginx_t("im_redis_password {dir}/pw; "
                    "im_redis_sentinel_password {dir}/pw;",
                    files={"pw": content}))
 
 
-@pytest.mark.parametrize("content", ["", "\n", "x" * 513, " secret",
-                                     "user \n", "a\nb", "a\x00b"])
+@pytest.mark.parametrize("content", ["", "\n", "x" * 513, "x" * 513 + "\n",
+                                     " secret", "user \n", "a\nb", "a\x00b",
+                                     "a\n\n"])
 def test_im_redis_bad_password_files_fail(nginx_t, content):
     failed(nginx_t("im_redis_password {dir}/pw;", files={"pw": content}),
            r"(is not a password file|holds no password)")
+
+
+def test_im_redis_password_fifo_fails_without_hanging(nginx_t, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(str(fifo))
+    failed(nginx_t("im_redis_password %s;" % fifo),
+           r"is not a password file")
 
 
 def test_im_redis_password_missing_file_and_twice_fail(nginx_t):

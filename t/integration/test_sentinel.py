@@ -355,8 +355,13 @@ class FakeSentinel:
     reply to SENTINEL get-master-addr-by-name (None: never answer
     anything), SUBSCRIBE and PING are answered as a sentinel would."""
 
-    def __init__(self, answer):
+    def __init__(self, answer, pushes=(), push_every=0.01, auth=None,
+                 refuse_subscribe=False):
         self.answer = answer
+        self.refuse_subscribe = refuse_subscribe
+        self.pushes = list(pushes)      # sent after SUBSCRIBE, in turn
+        self.push_every = push_every
+        self.auth = auth                # raw reply to AUTH
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
@@ -395,9 +400,19 @@ class FakeSentinel:
                 if cmd == b"SENTINEL":
                     self.queries += 1
                     c.sendall(self.answer)
+                elif cmd == b"AUTH" and self.auth is not None:
+                    c.sendall(self.auth)
+                elif cmd == b"SUBSCRIBE" and self.refuse_subscribe:
+                    c.sendall(b"-NOPERM no channel for you\r\n")
                 elif cmd == b"SUBSCRIBE":
                     c.sendall(b"*3\r\n$9\r\nsubscribe\r\n$14\r\n"
                               b"+switch-master\r\n:1\r\n")
+                    for p in self.pushes:
+                        time.sleep(self.push_every)
+                        c.sendall(b"*3\r\n$7\r\nmessage\r\n$14\r\n"
+                                  b"+switch-master\r\n$%d\r\n%s\r\n"
+                                  % (len(p), p))
+                    self.pushes = []
                 elif cmd == b"PING":
                     c.sendall(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n")
         except OSError:
@@ -457,3 +472,167 @@ def test_useless_sentinels_are_skipped(nginx, deployment):
 def imtest_free_port():
     import imtest
     return imtest.free_port()
+
+
+def test_a_huge_sentinel_answer_is_cut_off(nginx, deployment):
+    """A sentinel that answers with a 1 MiB bulk string (or an endless
+    array) is dropped after 64 KiB, not buffered: the next one is asked."""
+    d = deployment(replicas=0, sentinels=1)
+    big = b"x" * (1 << 20)
+    fakes = [FakeSentinel(b"*2\r\n$%d\r\n%s\r\n" % (len(big), big)),
+             FakeSentinel(b"*100000000\r\n" + b":1\r\n" * 40000)]
+    try:
+        addrs = ",".join([f.addr for f in fakes] + [d.sentinels[0].addr])
+        n = nginx(redis_addr="sentinel:%s/%s" % (addrs, MASTER),
+                  start=False)
+        n.start(timeout=30)
+        log = n.error_log
+        assert log.count("a reply of more than 65536 bytes") >= 2, log
+        assert "sentinel %s: oversized reply, reconnecting" \
+            % fakes[0].addr in log
+        run(chat_once(n))
+    finally:
+        for f in fakes:
+            f.close()
+
+
+def test_a_storm_of_switches_backs_off(nginx, deployment):
+    """The watched sentinel announces 150 switches in 1.5 s, each to an
+    address that is not the master: the worker drops its link for the
+    first at once, then backs off (about 5 reconnects, not one per
+    switch every 100 ms)."""
+    d = deployment(replicas=0, sentinels=1)
+    switches = [b"%s 127.0.0.1 1 127.0.0.%d 7" % (MASTER.encode(), i % 200 + 2)
+                for i in range(150)]
+    fake = FakeSentinel(resp_addr("127.0.0.1", d.redis[0].port),
+                        pushes=switches)
+    try:
+        n = nginx(redis_addr="sentinel:%s,%s/%s" % (
+            fake.addr, d.sentinels[0].addr, MASTER), start=False)
+        n.start(timeout=30)
+        n.wait_log("switched from", 10)
+        time.sleep(3)
+        log = n.error_log
+        assert log.count("switched from") == 150, log.count("switched from")
+        ups = log.count("redis 127.0.0.1:%d is up" % d.redis[0].port)
+        assert 2 <= ups <= 10, ups
+        run(chat_once(n))
+    finally:
+        fake.close()
+
+
+def test_a_watched_sentinel_that_refuses_is_retried_with_backoff(
+        nginx, deployment):
+    """A sentinel that refuses the watching socket's SUBSCRIBE is tried
+    again 1, 2, 4 s apart (+ jitter), not every second; the link itself
+    is up all along."""
+    d = deployment(replicas=0, sentinels=1)
+    fake = FakeSentinel(resp_addr("127.0.0.1", d.redis[0].port),
+                        refuse_subscribe=True)
+    try:
+        n = nginx(redis_addr="sentinel:%s/%s" % (fake.addr, MASTER))
+        time.sleep(8)
+        refused = n.error_log.count("refused, watching the next one")
+        assert 2 <= refused <= 4, refused
+        run(chat_once(n))
+    finally:
+        fake.close()
+
+
+def test_an_acl_user_without_wait_is_refused_at_setup(nginx, tmp_path):
+    """im_redis_wait with an ACL user that may not WAIT: the link does not
+    come up (a clear "refused setup" line), instead of a link that looks
+    healthy and answers every send UNAVAILABLE."""
+    import imtest
+    r = imtest.Redis(tmp_path / "redis-acl", password="root").start()
+    try:
+        r.cli("ACL", "SETUSER", "nowait", "on", ">pw", "~*", "&*", "+@all",
+              "-wait")
+        (tmp_path / "pw").write_text("nowait pw\n")
+        n = nginx(redis_addr=r.addr, stream_directives=(
+            "im_redis_password %s; im_redis_wait 1 100ms;"
+            % (tmp_path / "pw")))
+        n.wait_log(r"redis refused setup: NOPERM", 10)
+        assert "is up" not in n.error_log
+    finally:
+        r.stop(kill=True)
+
+
+def test_exit_waits_for_a_wait_in_flight(nginx, redis, tmp_path):
+    """The only replica is stopped and a send waits in WAIT (3 s): a worker
+    told to exit reads the WAIT's answer and the commands behind it, so
+    its alive key is gone after it (SIGTERM), and on a graceful stop its
+    session's route too."""
+    import imtest
+    import signal as sig
+    replica = imtest.Redis(tmp_path / "replica",
+                           args=["--replicaof", "127.0.0.1", redis.port])
+    replica.start()
+    try:
+        wait_until(lambda: "state=online" in redis.cli(
+            "INFO", "replication"), 20, 0.1, "the replica online")
+        for how in (sig.SIGTERM, sig.SIGQUIT):
+            os.kill(replica.proc.pid, sig.SIGCONT)
+            n = nginx(stream_directives="im_redis_wait 1 3s;",
+                      server_directives="im_drain_window 1s;")
+
+            async def go():
+                alice = await login(n, "alice")
+                os.kill(replica.proc.pid, sig.SIGSTOP)
+                await alice.post(send={"to": "bob", "body": b"x",
+                                       "client_msg_id": "held"})
+                await asyncio.sleep(0.3)
+                n.proc.send_signal(how)
+                await alice.wait_closed(10)
+
+            run(go())
+            n.proc.wait(15)
+            assert "replies not read at exit" not in n.error_log
+            assert not redis_cmd(redis, "KEYS", "im:route:*:alive")
+            if how == sig.SIGQUIT:
+                assert not redis_cmd(redis, "HGETALL", "im:{u:alice}:routes")
+    finally:
+        os.kill(replica.proc.pid, sig.SIGCONT)
+        replica.stop(kill=True)
+
+
+def test_planned_failover_with_writes_paused_loses_nothing(nginx,
+                                                          deployment):
+    """A planned failover as docs/operations.md says to run one: pause the
+    primary's writes, SENTINEL FAILOVER, unpause once it is a replica.
+    The workers follow the switch; with im_redis_wait 1 every
+    acknowledged message is on the new primary and arrives.  (Without
+    the pause the old primary takes writes until it is demoted and its
+    other replica confirms them: those are lost, whatever im_redis_wait.)"""
+    d = deployment(replicas=2, sentinels=3)
+    n = nginx(workers=2, redis_addr=d.im_redis,
+              stream_directives="im_redis_wait 1 1s;")
+    old = d.redis[0]
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        load = ChatLoad(n, 20, interval=0.1, max_msgs=2000, prefix="pf",
+                        deadline=150)
+        await load.start()
+        await load.wait_acked(300, timeout=60)
+        old.cli("CLIENT", "PAUSE", "10000", "WRITE")
+        d.sentinels[0].cli("SENTINEL", "FAILOVER", MASTER)
+        new = await loop.run_in_executor(None, d.wait_failover, old, 60)
+        await loop.run_in_executor(None, lambda: wait_until(
+            lambda: "role:slave" in old.cli("INFO", "replication"), 60, 0.1,
+            "the old primary demoted"))
+        old.cli("CLIENT", "UNPAUSE")
+        await load.wait_acked(300, timeout=60)
+        report = await load.finish("planned failover, writes paused")
+        return report, not_on(new, load), vanished_copies(new, load)
+
+    report, missing, vanished = run(go(), timeout=300)
+    report.extra.append("acknowledged messages not on the new primary: %d"
+                        % len(missing))
+    report.print()
+    report.dup_after_dedup = [x for x in report.dup_after_dedup
+                              if x[1] not in vanished]
+    report.ack_conflicts = [a for a in report.ack_conflicts
+                            if not (a[1] in vanished and a[2] != "body")]
+    report.check()
+    assert not missing, missing[:10]
