@@ -179,6 +179,8 @@ typedef struct {
 } ngx_stream_im_redis_t;
 
 
+static void ngx_stream_im_redis_timer(ngx_event_t *ev,
+    ngx_event_handler_pt handler, ngx_cycle_t *cycle);
 static ngx_int_t ngx_stream_im_redis_connect_one(
     ngx_stream_im_redis_conn_t *rc, ngx_addr_t *addr);
 static void ngx_stream_im_redis_connected(ngx_stream_im_redis_conn_t *rc);
@@ -325,34 +327,33 @@ ngx_stream_im_redis_init_worker(ngx_cycle_t *cycle,
         ngx_hex_dump(sc[i].sha, digest, sizeof(digest));
     }
 
-    rd->reconnect.handler = ngx_stream_im_redis_reconnect_handler;
-    rd->reconnect.data = &ngx_stream_im_timer_ident;
-    rd->reconnect.log = cycle->log;
-    rd->reconnect.cancelable = 1;
-
-    rd->heartbeat.handler = ngx_stream_im_redis_heartbeat_handler;
-    rd->heartbeat.data = &ngx_stream_im_timer_ident;
-    rd->heartbeat.log = cycle->log;
-    rd->heartbeat.cancelable = 1;
-
-    rd->setup.handler = ngx_stream_im_redis_setup_handler;
-    rd->setup.data = &ngx_stream_im_timer_ident;
-    rd->setup.log = cycle->log;
-    rd->setup.cancelable = 1;
-
-    rd->switch_later.handler = ngx_stream_im_redis_follow_switch;
-    rd->switch_later.data = &ngx_stream_im_timer_ident;
-    rd->switch_later.log = cycle->log;
-    rd->switch_later.cancelable = 1;
-
-    rd->watch_retry.handler = ngx_stream_im_redis_watch_retry_handler;
-    rd->watch_retry.data = &ngx_stream_im_timer_ident;
-    rd->watch_retry.log = cycle->log;
-    rd->watch_retry.cancelable = 1;
+    ngx_stream_im_redis_timer(&rd->reconnect,
+                              ngx_stream_im_redis_reconnect_handler, cycle);
+    ngx_stream_im_redis_timer(&rd->heartbeat,
+                              ngx_stream_im_redis_heartbeat_handler, cycle);
+    ngx_stream_im_redis_timer(&rd->setup, ngx_stream_im_redis_setup_handler,
+                              cycle);
+    ngx_stream_im_redis_timer(&rd->switch_later,
+                              ngx_stream_im_redis_follow_switch, cycle);
+    ngx_stream_im_redis_timer(&rd->watch_retry,
+                              ngx_stream_im_redis_watch_retry_handler, cycle);
 
     rd->backoff = NGX_STREAM_IM_REDIS_BACKOFF_MIN;
 
     return NGX_OK;
+}
+
+
+/* the link's timers: not a connection's, never waited for at exit */
+
+static void
+ngx_stream_im_redis_timer(ngx_event_t *ev, ngx_event_handler_pt handler,
+    ngx_cycle_t *cycle)
+{
+    ev->handler = handler;
+    ev->data = &ngx_stream_im_timer_ident;
+    ev->log = cycle->log;
+    ev->cancelable = 1;
 }
 
 
