@@ -298,6 +298,7 @@ export class ImClient extends Emitter {
         const c = {
             ws, authed: false, authId: 0, authTries: 0, lastRx: Date.now(),
             ackedUpTo: "", ackTimer: null, timers: new Set(),
+            flushTimer: null, flushTimerAt: 0,
             pingInterval: 30000, goaway: false, fatal: null,
             refreshTimer: null, authedAt: 0,
         };
@@ -641,8 +642,7 @@ export class ImClient extends Emitter {
                 q.sentOn = null;
                 q.retryAt = Date.now() + this.#o.backoffMinMs
                     * (1 + Math.random()) * (code === "RATE_LIMITED" ? 4 : 1);
-                this.#later(c, () => this.#flush(),
-                    q.retryAt - Date.now() + 1);
+                this.#flushAt(c, q.retryAt);
                 return false;
             }
             q.reject(err);
@@ -805,6 +805,9 @@ export class ImClient extends Emitter {
             }
             if (q.retryAt > now) {
                 sendsHeld ||= q.kind === "send";
+                // a timer may fire a little before Date.now() says it is
+                // due: come back, or the queue stops here
+                this.#flushAt(c, q.retryAt);
                 continue;
             }
             if (q.kind === "send") {
@@ -835,6 +838,20 @@ export class ImClient extends Emitter {
             q.reject(new ImError("TOO_LARGE", "over the server's max_frame ("
                 + this.#maxFrame + " bytes)"));
         }
+    }
+
+    // one timer per connection flushes at the earliest retry due
+    #flushAt(c, at) {
+        if (c.flushTimer && c.flushTimerAt <= at) {
+            return;
+        }
+        clearTimeout(c.flushTimer);
+        c.timers.delete(c.flushTimer);
+        c.flushTimerAt = at;
+        c.flushTimer = this.#later(c, () => {
+            c.flushTimer = null;
+            this.#flush();
+        }, at - Date.now() + 1);
     }
 
     // the answer to request f.id: done(q) returns true when q is over

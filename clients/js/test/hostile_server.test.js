@@ -230,3 +230,39 @@ test("one send seen under two msg_ids (a failover's retry) is shown once",
     await sleep(100);
     assert.deepEqual(got, ["100-1", "300-1", "400-1"]);
 });
+
+test("sends answered UNAVAILABLE again and again are all stored in the " +
+     "end, on a busy event loop", async (t) => {
+    // the server runs in this process and stalls it a little on each
+    // frame: timers then fire before Date.now() says they are due
+    const tries = new Map();
+    const srv = await fakeServer(t, serve((f) => {
+        const until = Date.now() + 3;
+        while (Date.now() < until) {
+            // busy
+        }
+        if (f.body === "auth") {
+            return signedIn(f);
+        }
+        if (f.body !== "send") {
+            return null;
+        }
+        const cmid = f.send.clientMsgId;
+        const n = (tries.get(cmid) || 0) + 1;
+        tries.set(cmid, n);
+        if (n <= 4) {
+            return { id: f.id, error: { code: 6, reason: "retry" } };
+        }
+        return { id: f.id, sendAck: { clientMsgId: cmid,
+            msgId: "1-" + n, tsMs: 1 } };
+    }));
+    const c = new ImClient({ url: srv.url, token: "t", device: "d",
+        backoffMinMs: 5, backoffMaxMs: 50 });
+    t.after(() => c.close());
+    c.on("error", () => {});
+    await c.connect();
+    const acks = await Promise.all(Array.from({ length: 20 }, (_, n) =>
+        c.send({ to: "peer", body: "m" + n })));
+    assert.equal(acks.length, 20);
+    assert.ok([...tries.values()].every((n) => n === 5), [...tries.values()]);
+});
