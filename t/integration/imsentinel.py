@@ -183,12 +183,18 @@ class Deployment:
 
         def settled():
             for s in running:
-                if s.master() != ("127.0.0.1", primary.port):
+                try:
+                    if s.master() != ("127.0.0.1", primary.port):
+                        return False
+                    n = s.cli("SENTINEL", "sentinels", MASTER).count("name")
+                except subprocess.SubprocessError:
                     return False
-                n = s.cli("SENTINEL", "sentinels", MASTER).count("name")
                 if n < len(running) - 1:
                     return False
-            info = primary.cli("INFO", "replication")
+            try:
+                info = primary.cli("INFO", "replication")
+            except subprocess.SubprocessError:
+                return False
             if "role:master" not in info:
                 return False
             return info.count("state=online") >= len(others)
@@ -196,15 +202,27 @@ class Deployment:
         wait_until(settled, timeout, 0.1,
                    "sentinels and replicas settled on %s" % primary.addr)
 
+    @staticmethod
+    def role(redis):
+        """"master", "slave", or "" when redis does not answer (a Redis
+        being turned into a replica drops its clients)."""
+        try:
+            info = redis.cli("INFO", "replication")
+        except subprocess.SubprocessError:
+            return ""
+        for line in info.splitlines():
+            if line.startswith("role:"):
+                return line[5:].strip()
+        return ""
+
     def wait_failover(self, old, timeout=60):
-        """After `old` died: wait until the sentinels name another Redis
-        and it is a master; returns it."""
+        """After `old` died or was failed over: wait until the sentinels
+        name another Redis and it is a master; returns it."""
         def promoted():
             p = self.primary()
             if p is None or p is old or not p.running:
                 return None
-            return p if "role:master" in p.cli("INFO", "replication") \
-                else None
+            return p if self.role(p) == "master" else None
 
         return wait_until(promoted, timeout, 0.05,
                           "a replica promoted after %s" % old.addr)
