@@ -63,6 +63,12 @@ typedef struct {
     json_t                        *body;
     char                          *reason;     /* of the status to answer */
     int64_t                        before_ms;  /* revoke: tokens before */
+    ngx_str_t                     *args;       /* kick: device, code, reason;
+                                                  presence: the users */
+    ngx_stream_im_batched_t       *batches;    /* presence: users by batch */
+    ngx_uint_t                     nargs;
+    ngx_uint_t                     next;       /* presence: the next batch */
+    json_t                        *result;     /* presence: so far */
     ngx_uint_t                     slot;       /* in the call table */
     ngx_event_t                    timer;      /* while Redis has it */
     uint32_t                       generation; /* 0: no call */
@@ -100,6 +106,7 @@ static ngx_int_t ngx_http_im_api_reserve(ngx_http_request_t *r,
 static ngx_int_t ngx_http_im_api_issued(ngx_http_request_t *r,
     ngx_int_t rc);
 static void ngx_http_im_api_release(ngx_http_request_t *r);
+static ngx_http_request_t *ngx_http_im_api_lookup(ngx_stream_im_ref_t *ref);
 static void ngx_http_im_api_reply(ngx_stream_im_ref_t *ref, redisReply *rr);
 static void ngx_http_im_api_timeout(ngx_event_t *ev);
 static ngx_int_t ngx_http_im_api_refused(ngx_http_request_t *r,
@@ -119,9 +126,11 @@ static void ngx_http_im_pool_free(void *data, void *p);
 
 static ngx_int_t ngx_http_im_send_run(ngx_http_request_t *r,
     ngx_http_im_api_ctx_t *ctx);
-static ngx_int_t ngx_http_im_send_done(ngx_http_request_t *r,
-    ngx_http_im_api_ctx_t *ctx, redisReply *rr);
+static void ngx_http_im_send_done(ngx_stream_im_ref_t *ref,
+    ngx_stream_im_posted_t *p);
 static ngx_int_t ngx_http_im_presence_run(ngx_http_request_t *r,
+    ngx_http_im_api_ctx_t *ctx);
+static ngx_int_t ngx_http_im_presence_next(ngx_http_request_t *r,
     ngx_http_im_api_ctx_t *ctx);
 static ngx_int_t ngx_http_im_presence_done(ngx_http_request_t *r,
     ngx_http_im_api_ctx_t *ctx, redisReply *rr);
@@ -131,6 +140,8 @@ static ngx_int_t ngx_http_im_group_done(ngx_http_request_t *r,
     ngx_http_im_api_ctx_t *ctx, redisReply *rr);
 static ngx_int_t ngx_http_im_kick_run(ngx_http_request_t *r,
     ngx_http_im_api_ctx_t *ctx);
+static ngx_int_t ngx_http_im_kick_call(ngx_http_request_t *r,
+    ngx_http_im_api_ctx_t *ctx, ngx_str_t *keys, ngx_str_t *args);
 static ngx_int_t ngx_http_im_kick_done(ngx_http_request_t *r,
     ngx_http_im_api_ctx_t *ctx, redisReply *rr);
 static ngx_int_t ngx_http_im_history_run(ngx_http_request_t *r,
@@ -143,7 +154,7 @@ static ngx_int_t ngx_http_im_history_done(ngx_http_request_t *r,
 
 static ngx_http_im_op_t  ngx_http_im_ops[] = {
     { "send", NGX_HTTP_POST, 1,
-      ngx_http_im_send_run, ngx_http_im_send_done },
+      ngx_http_im_send_run, NULL },
     { "presence", NGX_HTTP_POST, 1,
       ngx_http_im_presence_run, ngx_http_im_presence_done },
     { "groups/ ", NGX_HTTP_PUT, 1,
@@ -364,6 +375,11 @@ ngx_http_im_api_cleanup(void *data)
     if (ctx->body) {
         json_decref(ctx->body);
         ctx->body = NULL;
+    }
+
+    if (ctx->result) {
+        json_decref(ctx->result);
+        ctx->result = NULL;
     }
 
     if (ctx->timer.timer_set) {
@@ -648,28 +664,45 @@ ngx_http_im_api_timeout(ngx_event_t *ev)
 }
 
 
+/* the request a reply is for, if it still waits; its slot goes */
+
+static ngx_http_request_t *
+ngx_http_im_api_lookup(ngx_stream_im_ref_t *ref)
+{
+    ngx_http_request_t  *r;
+    ngx_http_im_call_t  *call;
+
+    if (ref->slot >= NGX_HTTP_IM_CALLS_MAX) {
+        return NULL;
+    }
+
+    call = &ngx_http_im_calls[ref->slot];
+
+    if (call->request == NULL || call->generation != ref->number) {
+        return NULL;
+    }
+
+    r = call->request;
+
+    ngx_http_im_api_release(r);
+
+    return r;
+}
+
+
 static void
 ngx_http_im_api_reply(ngx_stream_im_ref_t *ref, redisReply *rr)
 {
     ngx_int_t               rc;
     ngx_connection_t       *c;
     ngx_http_request_t     *r;
-    ngx_http_im_call_t     *call;
     ngx_http_im_api_ctx_t  *ctx;
 
-    if (ref->slot >= NGX_HTTP_IM_CALLS_MAX) {
+    r = ngx_http_im_api_lookup(ref);
+
+    if (r == NULL) {
         return;
     }
-
-    call = &ngx_http_im_calls[ref->slot];
-
-    if (call->request == NULL || call->generation != ref->number) {
-        return;
-    }
-
-    r = call->request;
-
-    ngx_http_im_api_release(r);
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_im_module);
 
@@ -684,6 +717,12 @@ ngx_http_im_api_reply(ngx_stream_im_ref_t *ref, redisReply *rr)
 
     } else {
         rc = ngx_http_im_ops[ctx->op].done(r, ctx, rr);
+
+        if (rc == NGX_AGAIN) {
+
+            /* the request's next call is out */
+            return;
+        }
     }
 
     ngx_http_finalize_request(r, rc);
@@ -843,7 +882,6 @@ ngx_http_im_send_run(ngx_http_request_t *r, ngx_http_im_api_ctx_t *ctx)
 
     post.msg = msg;
     ngx_str_set(&post.origin, "");
-    post.pool = r->pool;
     post.inbox_max = iscf->inbox_max;
     post.group_max = iscf->group_max;
     post.backend = 1;
@@ -855,32 +893,68 @@ ngx_http_im_send_run(ngx_http_request_t *r, ngx_http_im_api_ctx_t *ctx)
         return ngx_http_im_fail(r, rc);
     }
 
-    rc = ngx_stream_im_router_post(&post, ngx_http_im_api_reply, &ref);
+    rc = ngx_stream_im_post(&post, ngx_http_im_send_done, &ref);
+
+    if (rc == NGX_DECLINED) {
+        ngx_http_im_api_release(r);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
     return ngx_http_im_api_issued(r, rc);
 }
 
 
-static ngx_int_t
-ngx_http_im_send_done(ngx_http_request_t *r, ngx_http_im_api_ctx_t *ctx,
-    redisReply *rr)
+static void
+ngx_http_im_send_done(ngx_stream_im_ref_t *ref, ngx_stream_im_posted_t *p)
 {
-    size_t                  stored;
-    ngx_str_t               msg_id;
-    ngx_stream_im_msg_id_t  mid;
+    ngx_int_t            rc;
+    ngx_uint_t           status;
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
 
-    if (ngx_stream_im_router_posted(rr, &msg_id, &mid, &stored) != NGX_OK) {
-        return ngx_http_im_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                 "storage unavailable, retry");
+    r = ngx_http_im_api_lookup(ref);
+
+    if (r == NULL) {
+        return;
     }
 
-    ngx_stream_im_metrics_count(NGX_STREAM_IM_M_STORED);
+    c = r->connection;
 
-    return ngx_http_im_json(r, NGX_HTTP_OK,
-                            json_pack("{s:s%, s:I, s:b}",
-                                      "msg_id", msg_id.data, msg_id.len,
-                                      "ts_ms", (json_int_t) mid.ms,
-                                      "duplicate", rr->elements == 2));
+    if (p->rc == NGX_OK) {
+        ngx_stream_im_metrics_count(NGX_STREAM_IM_M_STORED);
+
+        rc = ngx_http_im_json(r, NGX_HTTP_OK,
+                              json_pack("{s:s%, s:I, s:b}",
+                                        "msg_id", p->msg_id.data,
+                                        p->msg_id.len,
+                                        "ts_ms", (json_int_t) p->ts,
+                                        "duplicate", p->duplicate));
+
+    } else if (p->rc == NGX_DECLINED) {
+        switch (p->code) {
+
+        case IM__ERROR__CODE__FORBIDDEN:
+            status = NGX_HTTP_FORBIDDEN;
+            break;
+
+        case IM__ERROR__CODE__TOO_LARGE:
+            status = NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
+            break;
+
+        default:
+            status = NGX_HTTP_NOT_FOUND;
+            break;
+        }
+
+        rc = ngx_http_im_error(r, status, p->reason);
+
+    } else {
+        rc = ngx_http_im_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                               "storage unavailable, retry");
+    }
+
+    ngx_http_finalize_request(r, rc);
+    ngx_http_run_posted_requests(c);
 }
 
 
@@ -890,8 +964,8 @@ static ngx_int_t
 ngx_http_im_presence_run(ngx_http_request_t *r, ngx_http_im_api_ctx_t *ctx)
 {
     ngx_int_t                  rc;
-    ngx_str_t                 *users;
-    ngx_uint_t                 n;
+    ngx_str_t                 *users, key;
+    ngx_uint_t                 i, n;
     ngx_stream_im_srv_conf_t  *iscf;
 
     static char  *fields[] = { "users", NULL };
@@ -928,8 +1002,70 @@ ngx_http_im_presence_run(ngx_http_request_t *r, ngx_http_im_api_ctx_t *ctx)
         return ngx_http_im_json(r, NGX_HTTP_OK, json_pack("{s:{}}", "users"));
     }
 
-    return ngx_http_im_api_call(r, NGX_STREAM_IM_SCRIPT_DEVICES, 0, NULL, n,
-                                users);
+    /* one call per batch of users (a slot on a cluster), one by one */
+
+    ctx->batches = ngx_palloc(r->pool, n * sizeof(ngx_stream_im_batched_t));
+    ctx->result = json_object();
+
+    if (ctx->batches == NULL || ctx->result == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    for (i = 0; i < n; i++) {
+        if (ngx_http_im_key(r, "u", &users[i], "routes", &key) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ctx->batches[i].batch = ngx_stream_im_redis_batch(&key);
+        ctx->batches[i].index = i;
+    }
+
+    ngx_stream_im_batch_sort(ctx->batches, n);
+
+    ctx->args = users;
+    ctx->nargs = n;
+    ctx->next = 0;
+
+    return ngx_http_im_presence_next(r, ctx);
+}
+
+
+static ngx_int_t
+ngx_http_im_presence_next(ngx_http_request_t *r, ngx_http_im_api_ctx_t *ctx)
+{
+    ngx_str_t                *keys, *args, *u;
+    ngx_uint_t                i, k;
+    ngx_stream_im_batched_t  *b;
+
+    b = ctx->batches;
+
+    keys = ngx_palloc(r->pool, 3 * ctx->nargs * sizeof(ngx_str_t));
+    if (keys == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    args = keys + 2 * ctx->nargs;
+
+    for (i = ctx->next, k = 0;
+         i < ctx->nargs && b[i].batch == b[ctx->next].batch;
+         i++, k++)
+    {
+        u = &ctx->args[b[i].index];
+
+        if (ngx_http_im_key(r, "u", u, "routes", &keys[2 * k]) != NGX_OK
+            || ngx_http_im_key(r, "u", u, "seen", &keys[2 * k + 1])
+               != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        args[k] = *u;
+    }
+
+    ctx->next = i;
+
+    return ngx_http_im_api_call(r, NGX_STREAM_IM_SCRIPT_DEVICES, 2 * k, keys,
+                                k, args);
 }
 
 
@@ -941,21 +1077,14 @@ ngx_http_im_presence_done(ngx_http_request_t *r, ngx_http_im_api_ctx_t *ctx,
 {
     size_t       i, j;
     json_t      *root, *users, *user, *devices;
+    ngx_int_t    rc;
     redisReply  **e;
+
+    users = ctx->result;
 
     if (rr->type != REDIS_REPLY_ARRAY || rr->elements % 4) {
         return ngx_http_im_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
                                  "storage unavailable, retry");
-    }
-
-    root = json_object();
-    users = json_object();
-
-    if (root == NULL || users == NULL || json_object_set_new(root, "users",
-                                                             users))
-    {
-        json_decref(root);
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     for (i = 0; i < rr->elements; i += 4) {
@@ -987,9 +1116,23 @@ ngx_http_im_presence_done(ngx_http_request_t *r, ngx_http_im_api_ctx_t *ctx,
             || json_object_setn_new_nocheck(users, e[0]->str, e[0]->len,
                                             user))
         {
-            json_decref(root);
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
+    }
+
+    if (ctx->next < ctx->nargs) {
+        rc = ngx_http_im_presence_next(r, ctx);
+
+        return (rc == NGX_DONE) ? NGX_AGAIN : rc;
+    }
+
+    root = json_object();
+
+    /* the request's pool cleanup lets go of the result */
+
+    if (root == NULL || json_object_set(root, "users", users)) {
+        json_decref(root);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     return ngx_http_im_json(r, NGX_HTTP_OK, root);
@@ -1276,8 +1419,7 @@ ngx_http_im_kick_run(ngx_http_request_t *r, ngx_http_im_api_ctx_t *ctx)
         ngx_str_set(&args[2], "2");        /* UNAUTHENTICATED */
         ngx_str_set(&args[3], "token revoked");
 
-        return ngx_http_im_api_call(r, NGX_STREAM_IM_SCRIPT_KICK, 2, keys, 5,
-                                    args);
+        return ngx_http_im_kick_call(r, ctx, keys, args);
     }
 
     rc = ngx_http_im_fields(r, ctx, disconnect);
@@ -1335,8 +1477,25 @@ ngx_http_im_kick_run(ngx_http_request_t *r, ngx_http_im_api_ctx_t *ctx)
     args[2].len = ngx_sprintf(args[2].data, "%d", (int) error)
                   - args[2].data;
 
-    return ngx_http_im_api_call(r, NGX_STREAM_IM_SCRIPT_KICK, 2, keys, 5,
-                                args);
+    return ngx_http_im_kick_call(r, ctx, keys, args);
+}
+
+
+/* args: user, device, code, reason, revocation time; the script's two */
+
+static ngx_int_t
+ngx_http_im_kick_call(ngx_http_request_t *r, ngx_http_im_api_ctx_t *ctx,
+    ngx_str_t *keys, ngx_str_t *args)
+{
+    ngx_str_t  argv[2];
+
+    ctx->args = args;
+
+    argv[0] = args[1];
+    argv[1] = args[4];
+
+    return ngx_http_im_api_call(r, NGX_STREAM_IM_SCRIPT_KICK, 2, keys, 2,
+                                argv);
 }
 
 
@@ -1344,15 +1503,41 @@ static ngx_int_t
 ngx_http_im_kick_done(ngx_http_request_t *r, ngx_http_im_api_ctx_t *ctx,
     redisReply *rr)
 {
-    json_t  *root;
+    size_t      i;
+    json_t     *root;
+    ngx_str_t   channel, parts[8];
 
-    if (rr->type != REDIS_REPLY_INTEGER) {
+    if (rr->type != REDIS_REPLY_ARRAY || rr->elements == 0
+        || rr->element[0]->type != REDIS_REPLY_INTEGER)
+    {
         return ngx_http_im_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
                                  "storage unavailable, retry");
     }
 
+    /* "x<code>\n\n<user>\n<device>\n<reason>" to each worker holding one */
+
+    ngx_str_set(&parts[0], "x");
+    parts[1] = ctx->args[2];
+    ngx_str_set(&parts[2], "\n\n");
+    parts[3] = ctx->args[0];
+    ngx_str_set(&parts[4], "\n");
+    parts[5] = ctx->args[1];
+    parts[6] = parts[4];
+    parts[7] = ctx->args[3];
+
+    for (i = 1; i < rr->elements; i++) {
+        if (rr->element[i]->type != REDIS_REPLY_STRING) {
+            continue;
+        }
+
+        channel.data = (u_char *) rr->element[i]->str;
+        channel.len = rr->element[i]->len;
+
+        (void) ngx_stream_im_redis_publish(&channel, parts, 8, NULL, NULL);
+    }
+
     root = json_pack("{s:s%, s:I}", "user", ctx->id.data, ctx->id.len,
-                     "disconnected", (json_int_t) rr->integer);
+                     "disconnected", (json_int_t) rr->element[0]->integer);
 
     if (root && ctx->op == NGX_HTTP_IM_REVOKE) {
         json_object_set_new(root, "revoked_before_ms",
@@ -1508,10 +1693,17 @@ ngx_http_im_history_done(ngx_http_request_t *r, ngx_http_im_api_ctx_t *ctx,
             continue;
         }
 
-        m = json_pack("{s:s%, s:s, s:s, s:s, s:I, s:s, s:s}",
-                      "msg_id", id.data, id.len,
+        /* an entry stored before cursors existed: its id is both */
+
+        m = json_pack("{s:s%, s:s%, s:s, s:s, s:s, s:I, s:s, s:s}",
+                      "msg_id", msg->msg_id[0] ? (u_char *) msg->msg_id
+                                               : id.data,
+                      msg->msg_id[0] ? ngx_strlen(msg->msg_id) : id.len,
+                      "cursor", id.data, id.len,
                       "from", msg->from, "to", msg->to,
-                      "group", msg->group, "ts_ms", (json_int_t) mid.ms,
+                      "group", msg->group,
+                      "ts_ms", (json_int_t) (msg->ts_ms ? msg->ts_ms
+                                                        : mid.ms),
                       "type", msg->type, "client_msg_id",
                       msg->client_msg_id);
 

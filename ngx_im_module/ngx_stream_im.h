@@ -25,6 +25,9 @@
 #define NGX_STREAM_IM_HANDSHAKE_MAX    8192
 #define NGX_STREAM_IM_KEY_LEN          32
 #define NGX_STREAM_IM_TYPE_MAX         64
+#define NGX_STREAM_IM_CHANNEL_MAX                                             \
+    (sizeof("im:route::") + NGX_MAXHOSTNAMELEN + NGX_INT64_LEN)
+#define NGX_STREAM_IM_SLOTS            16384
 
 /* im_rate counts thousandths of a frame in an int32_t */
 #define NGX_STREAM_IM_RATE_MAX         (NGX_MAX_INT32_VALUE / 1000)
@@ -198,8 +201,6 @@ typedef struct {
 typedef struct {
     Im__Message                   *msg;        /* from, to or group, ... */
     ngx_str_t                      origin;     /* session id, or empty */
-    ngx_pool_t                    *pool;       /* for the entry, or NULL:
-                                                  the worker's arena */
     ngx_uint_t                     inbox_max;
     ngx_uint_t                     group_max;
     unsigned                       backend:1;
@@ -300,9 +301,12 @@ void *ngx_stream_im_arena_alloc(void *data, size_t size);
 size_t ngx_stream_im_encoded_size(Im__Frame *f);
 u_char *ngx_stream_im_encode(u_char *p, Im__Frame *f, size_t size);
 size_t ngx_stream_im_message_size(uint32_t id, ngx_str_t *msg_id,
-    uint64_t ts, ngx_str_t *partial);
+    uint64_t ts, ngx_str_t *cursor, ngx_str_t *partial);
 u_char *ngx_stream_im_message_write(u_char *p, uint32_t id, ngx_str_t *msg_id,
-    uint64_t ts, ngx_str_t *partial);
+    uint64_t ts, ngx_str_t *cursor, ngx_str_t *partial);
+ngx_int_t ngx_stream_im_entry_has_id(ngx_str_t *partial);
+u_char *ngx_stream_im_entry_head(u_char *p, ngx_str_t *msg_id, uint64_t ts);
+ngx_uint_t ngx_stream_im_slot(u_char *key, size_t len);
 ngx_int_t ngx_stream_im_msg_id_parse(u_char *p, size_t len,
     ngx_stream_im_msg_id_t *id);
 
@@ -351,19 +355,22 @@ void ngx_stream_im_session_ref(ngx_stream_im_session_t *ctx,
     ngx_stream_im_ref_t *ref, uint32_t id);
 
 /* Redis adapter */
-#define NGX_STREAM_IM_SCRIPT_SEND      0
-#define NGX_STREAM_IM_SCRIPT_LOGIN     1
-#define NGX_STREAM_IM_SCRIPT_TYPING    2
-#define NGX_STREAM_IM_SCRIPT_GROUP     3
-#define NGX_STREAM_IM_SCRIPT_LOGOUT    4
-#define NGX_STREAM_IM_SCRIPT_PRESENCE  5
-#define NGX_STREAM_IM_SCRIPT_RANGE     6
+#define NGX_STREAM_IM_SCRIPT_ID        0
+#define NGX_STREAM_IM_SCRIPT_STORE     1
+#define NGX_STREAM_IM_SCRIPT_MEMBERS   2
+#define NGX_STREAM_IM_SCRIPT_ROUTES    3
+#define NGX_STREAM_IM_SCRIPT_LOGIN     4
+#define NGX_STREAM_IM_SCRIPT_LOGOUT    5
+#define NGX_STREAM_IM_SCRIPT_PRUNE     6
 #define NGX_STREAM_IM_SCRIPT_REROUTE   7
-#define NGX_STREAM_IM_SCRIPT_REVOKED   8
-#define NGX_STREAM_IM_SCRIPT_KICK      9
-#define NGX_STREAM_IM_SCRIPT_DEVICES   10
-#define NGX_STREAM_IM_SCRIPT_ADMIN     11
-#define NGX_STREAM_IM_SCRIPTS          12
+#define NGX_STREAM_IM_SCRIPT_PRESENCE  8
+#define NGX_STREAM_IM_SCRIPT_RANGE     9
+#define NGX_STREAM_IM_SCRIPT_REVOKED   10
+#define NGX_STREAM_IM_SCRIPT_KICK      11
+#define NGX_STREAM_IM_SCRIPT_DEVICES   12
+#define NGX_STREAM_IM_SCRIPT_GROUP     13
+#define NGX_STREAM_IM_SCRIPT_ADMIN     14
+#define NGX_STREAM_IM_SCRIPTS          15
 
 
 /* a Lua script of ngx_stream_im_scripts.c and its SHA-1 for EVALSHA */
@@ -411,8 +418,16 @@ ngx_int_t ngx_stream_im_redis_eval(ngx_uint_t script, ngx_uint_t nkeys,
     ngx_str_t *keys, ngx_uint_t nargs, ngx_str_t *args,
     ngx_stream_im_redis_handler_pt handler, ngx_stream_im_ref_t *ref);
 void ngx_stream_im_redis_exit_worker(void);
-ngx_int_t ngx_stream_im_redis_subscriber(ngx_uint_t argc, ngx_str_t *argv,
+ngx_int_t ngx_stream_im_redis_subscribe(ngx_str_t *channel, ngx_uint_t on);
+ngx_int_t ngx_stream_im_redis_subscribed(
     ngx_stream_im_redis_handler_pt handler);
+ngx_int_t ngx_stream_im_redis_publish(ngx_str_t *channel, ngx_str_t *parts,
+    ngx_uint_t nparts, ngx_stream_im_redis_handler_pt handler,
+    ngx_stream_im_ref_t *ref);
+ngx_uint_t ngx_stream_im_redis_batch(ngx_str_t *key);
+ngx_uint_t ngx_stream_im_redis_replicated(void);
+ngx_int_t ngx_stream_im_redis_barrier(ngx_stream_im_redis_handler_pt handler,
+    ngx_stream_im_ref_t *ref);
 ngx_int_t ngx_stream_im_redis_refusal(redisReply *r);
 
 /* routing: the worker's users, routes in Redis, delivery and replay */
@@ -421,14 +436,10 @@ ngx_int_t ngx_stream_im_router_login(ngx_stream_im_session_t *ctx,
     uint32_t id, time_t iat);
 ngx_int_t ngx_stream_im_router_check(Im__Message *m, Im__Error__Code *code,
     char **reason);
-ngx_int_t ngx_stream_im_router_post(ngx_stream_im_post_t *post,
-    ngx_stream_im_redis_handler_pt handler, ngx_stream_im_ref_t *ref);
-ngx_int_t ngx_stream_im_router_posted(redisReply *r, ngx_str_t *msg_id,
-    ngx_stream_im_msg_id_t *mid, size_t *stored);
 ngx_int_t ngx_stream_im_router_entry(redisReply *e, ngx_str_t *id,
     ngx_stream_im_msg_id_t *mid, ngx_str_t *partial);
 ngx_stream_im_msg_t *ngx_stream_im_router_message(uint32_t id,
-    ngx_str_t *msg_id, ngx_stream_im_msg_id_t *mid, ngx_str_t *partial);
+    ngx_str_t *cursor, ngx_stream_im_msg_id_t *pos, ngx_str_t *partial);
 ngx_int_t ngx_stream_im_router_range(ngx_stream_im_session_t *ctx,
     ngx_str_t *lo, ngx_str_t *hi, ngx_uint_t reverse, ngx_uint_t count,
     ngx_stream_im_redis_handler_pt handler, ngx_stream_im_ref_t *ref);
@@ -443,6 +454,54 @@ ngx_str_t *ngx_stream_im_router_session_id(ngx_stream_im_session_t *ctx,
     u_char *buf);
 u_char *ngx_stream_im_router_key(u_char *p, char *kind, ngx_str_t *id,
     char *suffix);
+
+/* route channels: which have a worker behind them; presence changes */
+ngx_int_t ngx_stream_im_routes_live(ngx_str_t *channel);
+void ngx_stream_im_routes_suspect(ngx_str_t *channel, ngx_str_t *user);
+void ngx_stream_im_routes_judge(ngx_str_t *channel);
+void ngx_stream_im_routes_verify(ngx_str_t *user, redisReply *channels);
+void ngx_stream_im_routes_prune(ngx_str_t *args, ngx_uint_t nargs);
+void ngx_stream_im_routes_changed(ngx_stream_im_ref_t *ref, redisReply *r);
+void ngx_stream_im_routes_presence(ngx_str_t *user, ngx_uint_t online,
+    uint64_t ms);
+
+/* sends: a message into its inboxes, typing to the live routes */
+typedef struct {
+    ngx_int_t                      rc;         /* NGX_OK: stored,
+                                                  NGX_DECLINED: refused,
+                                                  NGX_ERROR: unavailable */
+    Im__Error__Code                code;       /* of a refusal */
+    char                          *reason;
+    ngx_str_t                      msg_id;
+    uint64_t                       ts;
+    ngx_str_t                      client_msg_id;
+    size_t                         stored;     /* bytes a group send
+                                                  stored */
+    ngx_stream_im_msg_id_t         cursor;     /* of the sender's copy */
+    ngx_stream_im_msg_id_t         previous;   /* the entry before it */
+    unsigned                       own:1;      /* the two are set */
+    unsigned                       duplicate:1;
+} ngx_stream_im_posted_t;
+
+typedef void (*ngx_stream_im_posted_pt)(ngx_stream_im_ref_t *ref,
+    ngx_stream_im_posted_t *posted);
+
+void ngx_stream_im_router_sent(ngx_stream_im_session_t *ctx,
+    ngx_stream_im_posted_t *posted);
+
+/* a user's place in a list grouped by Redis batch */
+typedef struct {
+    ngx_uint_t                     batch;
+    ngx_uint_t                     index;
+} ngx_stream_im_batched_t;
+
+ngx_int_t ngx_stream_im_post_init_worker(ngx_cycle_t *cycle);
+void ngx_stream_im_batch_sort(ngx_stream_im_batched_t *b, ngx_uint_t n);
+ngx_int_t ngx_stream_im_post(ngx_stream_im_post_t *post,
+    ngx_stream_im_posted_pt handler, ngx_stream_im_ref_t *ref);
+void ngx_stream_im_post_typing(ngx_str_t *sender, ngx_str_t *to,
+    ngx_str_t *group, ngx_str_t *frame, ngx_str_t *origin,
+    ngx_uint_t group_max);
 
 /* presence: watchers of users' online state */
 ngx_int_t ngx_stream_im_presence_init_worker(void);

@@ -23,7 +23,7 @@ static void ngx_stream_im_arena_free(void *data, void *p);
 static size_t ngx_stream_im_varint_size(uint64_t v);
 static u_char *ngx_stream_im_varint(u_char *p, uint64_t v);
 static size_t ngx_stream_im_message_inner(ngx_str_t *msg_id, uint64_t ts,
-    ngx_str_t *partial);
+    ngx_str_t *cursor, ngx_str_t *partial);
 
 
 void
@@ -106,18 +106,20 @@ ngx_stream_im_encode(u_char *p, Im__Frame *f, size_t size)
 
 
 /*
- * A stored inbox entry is a packed im.Message without msg_id and ts_ms;
- * protobuf fields may come in any order, so a delivered Message is the
- * two fields written in front of the stored bytes, with no re-encoding.
+ * A stored inbox entry is a packed im.Message with msg_id and ts_ms
+ * (entries stored before cursors existed have neither: their stream id
+ * is both); protobuf fields may come in any order, so a delivered
+ * Message is the stored bytes with the inbox position (and for an old
+ * entry msg_id and ts_ms) written around them, with no re-encoding.
  */
 
 size_t
 ngx_stream_im_message_size(uint32_t id, ngx_str_t *msg_id, uint64_t ts,
-    ngx_str_t *partial)
+    ngx_str_t *cursor, ngx_str_t *partial)
 {
     size_t  inner, n;
 
-    inner = ngx_stream_im_message_inner(msg_id, ts, partial);
+    inner = ngx_stream_im_message_inner(msg_id, ts, cursor, partial);
 
     n = 1 + ngx_stream_im_varint_size(inner) + inner;
 
@@ -131,11 +133,11 @@ ngx_stream_im_message_size(uint32_t id, ngx_str_t *msg_id, uint64_t ts,
 
 u_char *
 ngx_stream_im_message_write(u_char *p, uint32_t id, ngx_str_t *msg_id,
-    uint64_t ts, ngx_str_t *partial)
+    uint64_t ts, ngx_str_t *cursor, ngx_str_t *partial)
 {
     p = ngx_stream_im_ws_header(p, NGX_STREAM_IM_WS_BINARY,
                                 ngx_stream_im_message_size(id, msg_id, ts,
-                                                           partial));
+                                                           cursor, partial));
 
     if (id) {
         *p++ = (1 << 3) | PROTOBUF_C_WIRE_TYPE_VARINT;
@@ -145,32 +147,62 @@ ngx_stream_im_message_write(u_char *p, uint32_t id, ngx_str_t *msg_id,
     *p++ = (IM__FRAME__BODY_MESSAGE << 3)
            | PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED;
     p = ngx_stream_im_varint(p, ngx_stream_im_message_inner(msg_id, ts,
+                                                            cursor,
                                                             partial));
 
-    *p++ = (1 << 3) | PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED;
-    p = ngx_stream_im_varint(p, msg_id->len);
-    p = ngx_cpymem(p, msg_id->data, msg_id->len);
+    if (msg_id->len) {
+        *p++ = (1 << 3) | PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED;
+        p = ngx_stream_im_varint(p, msg_id->len);
+        p = ngx_cpymem(p, msg_id->data, msg_id->len);
+    }
 
     if (ts) {
         *p++ = (6 << 3) | PROTOBUF_C_WIRE_TYPE_VARINT;
         p = ngx_stream_im_varint(p, ts);
     }
 
-    return ngx_cpymem(p, partial->data, partial->len);
+    p = ngx_cpymem(p, partial->data, partial->len);
+
+    if (cursor->len) {
+        *p++ = (9 << 3) | PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED;
+        p = ngx_stream_im_varint(p, cursor->len);
+        p = ngx_cpymem(p, cursor->data, cursor->len);
+    }
+
+    return p;
+}
+
+
+/* an entry packed with its msg_id starts with field 1 */
+
+ngx_int_t
+ngx_stream_im_entry_has_id(ngx_str_t *partial)
+{
+    return (partial->len
+            && partial->data[0] == ((1 << 3)
+                                    | PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED))
+           ? NGX_OK : NGX_DECLINED;
 }
 
 
 static size_t
 ngx_stream_im_message_inner(ngx_str_t *msg_id, uint64_t ts,
-    ngx_str_t *partial)
+    ngx_str_t *cursor, ngx_str_t *partial)
 {
     size_t  n;
 
-    n = 1 + ngx_stream_im_varint_size(msg_id->len) + msg_id->len
-        + partial->len;
+    n = partial->len;
+
+    if (msg_id->len) {
+        n += 1 + ngx_stream_im_varint_size(msg_id->len) + msg_id->len;
+    }
 
     if (ts) {
         n += 1 + ngx_stream_im_varint_size(ts);
+    }
+
+    if (cursor->len) {
+        n += 1 + ngx_stream_im_varint_size(cursor->len) + cursor->len;
     }
 
     return n;
@@ -248,4 +280,60 @@ ngx_stream_im_msg_id_parse(u_char *p, size_t len, ngx_stream_im_msg_id_t *id)
         p++;
         v = &id->seq;
     }
+}
+
+
+/* what a stored entry starts with: its msg_id and ts_ms */
+
+u_char *
+ngx_stream_im_entry_head(u_char *p, ngx_str_t *msg_id, uint64_t ts)
+{
+    *p++ = (1 << 3) | PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED;
+    p = ngx_stream_im_varint(p, msg_id->len);
+    p = ngx_cpymem(p, msg_id->data, msg_id->len);
+
+    *p++ = (6 << 3) | PROTOBUF_C_WIRE_TYPE_VARINT;
+
+    return ngx_stream_im_varint(p, ts);
+}
+
+
+/*
+ * The Redis Cluster slot of a key: CRC16 (XMODEM) of the key, or of what
+ * is between its first "{" and the next "}" if that is not empty.
+ */
+
+ngx_uint_t
+ngx_stream_im_slot(u_char *key, size_t len)
+{
+    u_char    *p, *end, *open, *close;
+    uint16_t   crc;
+    ngx_uint_t i;
+
+    p = key;
+    end = key + len;
+
+    open = ngx_strlchr(key, end, '{');
+
+    if (open) {
+        close = ngx_strlchr(open + 1, end, '}');
+
+        if (close && close > open + 1) {
+            p = open + 1;
+            end = close;
+        }
+    }
+
+    crc = 0;
+
+    while (p < end) {
+        crc ^= (uint16_t) (*p++ << 8);
+
+        for (i = 0; i < 8; i++) {
+            crc = (crc & 0x8000) ? (uint16_t) ((crc << 1) ^ 0x1021)
+                                 : (uint16_t) (crc << 1);
+        }
+    }
+
+    return crc & (NGX_STREAM_IM_SLOTS - 1);
 }

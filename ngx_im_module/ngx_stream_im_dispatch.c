@@ -38,7 +38,8 @@ static ngx_int_t ngx_stream_im_typing(ngx_stream_im_session_t *ctx,
 static ngx_int_t ngx_stream_im_group(ngx_stream_im_session_t *ctx,
     Im__Frame *f, char *group, char *op);
 static void ngx_stream_im_grouped(ngx_stream_im_ref_t *ref, redisReply *r);
-static void ngx_stream_im_sent(ngx_stream_im_ref_t *ref, redisReply *r);
+static void ngx_stream_im_sent(ngx_stream_im_ref_t *ref,
+    ngx_stream_im_posted_t *posted);
 static ngx_int_t ngx_stream_im_ack(ngx_stream_im_session_t *ctx,
     Im__Frame *f);
 static ngx_int_t ngx_stream_im_sync(ngx_stream_im_session_t *ctx,
@@ -547,7 +548,6 @@ ngx_stream_im_send(ngx_stream_im_session_t *ctx, Im__Frame *f)
 
     post.msg = &msg;
     post.origin = *ngx_stream_im_router_session_id(ctx, sid);
-    post.pool = NULL;
     post.inbox_max = iscf->inbox_max;
     post.group_max = iscf->group_max;
     post.backend = 0;
@@ -558,7 +558,7 @@ ngx_stream_im_send(ngx_stream_im_session_t *ctx, Im__Frame *f)
 
     ref.arg = ngx_stream_im_metrics_clock();
 
-    rc = ngx_stream_im_router_post(&post, ngx_stream_im_sent, &ref);
+    rc = ngx_stream_im_post(&post, ngx_stream_im_sent, &ref);
 
     if (rc == NGX_DECLINED) {
         return ngx_stream_im_send_error(ctx, f->id,
@@ -626,18 +626,16 @@ ngx_stream_im_script_error(ngx_stream_im_session_t *ctx, uint32_t id,
 static ngx_int_t
 ngx_stream_im_typing(ngx_stream_im_session_t *ctx, Im__Frame *f)
 {
-    u_char                    *p;
     size_t                     n;
-    ngx_str_t                  args[6];
+    ngx_str_t                  kind, target, to, group, frame;
     ngx_msec_t                 now;
     Im__Frame                  out;
     Im__Typing                 typing;
     ngx_stream_im_srv_conf_t  *iscf;
     u_char                     sid[NGX_STREAM_IM_SID_MAX];
-    u_char                     gmax[NGX_INT_T_LEN];
 
     if (ngx_stream_im_target(ctx, f->id, f->typing->to, f->typing->group,
-                             &args[1], &args[2])
+                             &kind, &target)
         != NGX_OK)
     {
         return NGX_OK;
@@ -669,22 +667,27 @@ ngx_stream_im_typing(ngx_stream_im_session_t *ctx, Im__Frame *f)
 
     n = im__frame__get_packed_size(&out);
 
-    p = ngx_stream_im_arena_alloc(ngx_stream_im_worker_arena(), n);
-    if (p == NULL) {
+    frame.data = ngx_stream_im_arena_alloc(ngx_stream_im_worker_arena(), n);
+    if (frame.data == NULL) {
         return NGX_OK;
     }
 
-    args[0] = ctx->user;
-    args[3].data = p;
-    args[3].len = im__frame__pack(&out, p);
-    args[4].data = gmax;
-    args[4].len = ngx_sprintf(gmax, "%ui", iscf->group_max) - gmax;
-    args[5] = *ngx_stream_im_router_session_id(ctx, sid);
+    frame.len = im__frame__pack(&out, frame.data);
+
+    if (kind.data[0] == 'g') {
+        ngx_str_null(&to);
+        group = target;
+
+    } else {
+        to = target;
+        ngx_str_null(&group);
+    }
 
     /* ephemeral: if Redis is down, nobody hears it, which is fine */
 
-    (void) ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_TYPING, 0, NULL, 6,
-                                    args, NULL, NULL);
+    ngx_stream_im_post_typing(&ctx->user, &to, &group, &frame,
+                              ngx_stream_im_router_session_id(ctx, sid),
+                              iscf->group_max);
 
     return NGX_OK;
 }
@@ -694,15 +697,17 @@ static ngx_int_t
 ngx_stream_im_group(ngx_stream_im_session_t *ctx, Im__Frame *f, char *group,
     char *op)
 {
-    ngx_str_t                  args[4];
+    ngx_str_t                  id, keys[2], args[3];
     ngx_stream_im_ref_t        ref;
     ngx_stream_im_srv_conf_t  *iscf;
     u_char                     gmax[NGX_INT_T_LEN];
+    u_char                     members[NGX_STREAM_IM_KEY_MAX];
+    u_char                     meta[NGX_STREAM_IM_KEY_MAX];
 
-    args[0].data = (u_char *) group;
-    args[0].len = ngx_strlen(group);
+    id.data = (u_char *) group;
+    id.len = ngx_strlen(group);
 
-    if (ngx_stream_im_valid_id(args[0].data, args[0].len) != NGX_OK) {
+    if (ngx_stream_im_valid_id(id.data, id.len) != NGX_OK) {
         ngx_log_error(NGX_LOG_INFO, ctx->session->connection->log, 0,
                       "client sent a bad group id");
 
@@ -713,15 +718,21 @@ ngx_stream_im_group(ngx_stream_im_session_t *ctx, Im__Frame *f, char *group,
 
     iscf = ngx_stream_get_module_srv_conf(ctx->session, ngx_stream_im_module);
 
-    args[1] = ctx->user;
-    args[2].data = (u_char *) op;
-    args[2].len = ngx_strlen(op);
-    args[3].data = gmax;
-    args[3].len = ngx_sprintf(gmax, "%ui", iscf->group_max) - gmax;
+    keys[0].data = members;
+    keys[0].len = ngx_stream_im_router_key(members, "g", &id, "members")
+                  - members;
+    keys[1].data = meta;
+    keys[1].len = ngx_stream_im_router_key(meta, "g", &id, "meta") - meta;
+
+    args[0] = ctx->user;
+    args[1].data = (u_char *) op;
+    args[1].len = ngx_strlen(op);
+    args[2].data = gmax;
+    args[2].len = ngx_sprintf(gmax, "%ui", iscf->group_max) - gmax;
 
     ngx_stream_im_session_ref(ctx, &ref, f->id);
 
-    if (ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_GROUP, 0, NULL, 4,
+    if (ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_GROUP, 2, keys, 3,
                                  args, ngx_stream_im_grouped, &ref)
         != NGX_OK)
     {
@@ -761,16 +772,13 @@ ngx_stream_im_grouped(ngx_stream_im_ref_t *ref, redisReply *r)
 }
 
 
-/* the script's reply: [msg_id, client_msg_id, bytes stored] */
+/* SendAck once the message is in every inbox */
 
 static void
-ngx_stream_im_sent(ngx_stream_im_ref_t *ref, redisReply *r)
+ngx_stream_im_sent(ngx_stream_im_ref_t *ref, ngx_stream_im_posted_t *posted)
 {
-    size_t                    stored;
-    ngx_str_t                 msg_id;
     Im__Frame                 f;
     Im__SendAck               ack;
-    ngx_stream_im_msg_id_t    mid;
     ngx_stream_im_session_t  *ctx;
 
     ctx = ngx_stream_im_session_lookup(ref);
@@ -779,8 +787,17 @@ ngx_stream_im_sent(ngx_stream_im_ref_t *ref, redisReply *r)
         return;
     }
 
-    if (ngx_stream_im_router_posted(r, &msg_id, &mid, &stored) != NGX_OK) {
-        ngx_stream_im_script_error(ctx, ref->id, r);
+    if (posted->rc == NGX_DECLINED) {
+        ngx_log_error(NGX_LOG_INFO, ctx->session->connection->log, 0,
+                      "client's send refused: %s", posted->reason);
+
+        (void) ngx_stream_im_send_error(ctx, ref->id, posted->code,
+                                        posted->reason);
+        return;
+    }
+
+    if (posted->rc != NGX_OK) {
+        (void) ngx_stream_im_send_unavailable(ctx, ref->id);
         return;
     }
 
@@ -790,16 +807,18 @@ ngx_stream_im_sent(ngx_stream_im_ref_t *ref, redisReply *r)
      * group's size times its own rate.
      */
 
-    if (stored) {
-        ngx_stream_im_session_charge(ctx, stored);
+    if (posted->stored) {
+        ngx_stream_im_session_charge(ctx, posted->stored);
     }
+
+    ngx_stream_im_router_sent(ctx, posted);
 
     im__frame__init(&f);
     im__send_ack__init(&ack);
 
-    ack.client_msg_id = r->element[1]->str;
-    ack.msg_id = (char *) msg_id.data;
-    ack.ts_ms = mid.ms;
+    ack.client_msg_id = (char *) posted->client_msg_id.data;
+    ack.msg_id = (char *) posted->msg_id.data;
+    ack.ts_ms = posted->ts;
 
     f.id = ref->id;
     f.body_case = IM__FRAME__BODY_SEND_ACK;

@@ -739,6 +739,7 @@ ngx_stream_im_init_process(ngx_cycle_t *cycle)
     if (ngx_stream_im_session_init_worker(cycle) != NGX_OK
         || ngx_stream_im_redis_init_worker(cycle, &imcf->redis) != NGX_OK
         || ngx_stream_im_router_init_worker(cycle) != NGX_OK
+        || ngx_stream_im_post_init_worker(cycle) != NGX_OK
         || ngx_stream_im_presence_init_worker() != NGX_OK)
     {
         return NGX_ERROR;

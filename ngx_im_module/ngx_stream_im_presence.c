@@ -53,7 +53,9 @@ static ngx_uint_t ngx_stream_im_presence_mark(ngx_stream_im_session_t *ctx);
 static ngx_stream_im_watcher_t *ngx_stream_im_presence_marked(
     ngx_stream_im_watch_t *watch);
 static ngx_int_t ngx_stream_im_presence_channel(ngx_str_t *user,
-    char *command);
+    ngx_uint_t on);
+static ngx_int_t ngx_stream_im_presence_query(ngx_str_t *users, size_t n,
+    ngx_stream_im_redis_handler_pt handler, ngx_stream_im_ref_t *ref);
 static void ngx_stream_im_presence_state(ngx_stream_im_ref_t *ref,
     redisReply *r);
 static ngx_stream_im_msg_t *ngx_stream_im_presence_frame(uint32_t id,
@@ -261,8 +263,7 @@ ngx_stream_im_presence_sub(ngx_stream_im_session_t *ctx, Im__Frame *f)
             ngx_rbtree_insert(&ngx_stream_im_watches, &watch->sn.node);
             ngx_queue_insert_tail(&ngx_stream_im_watches_all, &watch->all);
 
-            (void) ngx_stream_im_presence_channel(&watch->sn.str,
-                                                  "SUBSCRIBE");
+            (void) ngx_stream_im_presence_channel(&watch->sn.str, 1);
         }
 
         /* watching one user twice is watching it once */
@@ -290,9 +291,8 @@ ngx_stream_im_presence_sub(ngx_stream_im_session_t *ctx, Im__Frame *f)
     ngx_stream_im_session_ref(ctx, &ref, f->id);
     ref.arg = (uint32_t) nusers;
 
-    if (ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_PRESENCE, 0, NULL,
-                                 nusers, args, ngx_stream_im_presence_state,
-                                 &ref)
+    if (ngx_stream_im_presence_query(args, nusers,
+                                     ngx_stream_im_presence_state, &ref)
         != NGX_OK)
     {
         return ngx_stream_im_send_unavailable(ctx, f->id);
@@ -311,17 +311,104 @@ too_many:
 
 
 static ngx_int_t
-ngx_stream_im_presence_channel(ngx_str_t *user, char *command)
+ngx_stream_im_presence_channel(ngx_str_t *user, ngx_uint_t on)
 {
-    ngx_str_t  argv[2];
-    u_char     channel[sizeof("im:presence:") + NGX_STREAM_IM_ID_MAX];
+    ngx_str_t  channel;
+    u_char     buf[sizeof("im:presence:") + NGX_STREAM_IM_ID_MAX];
 
-    argv[0].data = (u_char *) command;
-    argv[0].len = ngx_strlen(command);
-    argv[1].data = channel;
-    argv[1].len = ngx_sprintf(channel, "im:presence:%V", user) - channel;
+    channel.data = buf;
+    channel.len = ngx_sprintf(buf, "im:presence:%V", user) - buf;
 
-    return ngx_stream_im_redis_subscriber(2, argv, NULL);
+    return ngx_stream_im_redis_subscribe(&channel, on);
+}
+
+
+/*
+ * The presence script for users: one call per batch (a slot on a
+ * cluster), each answered with ref->arg users.
+ */
+
+static ngx_int_t
+ngx_stream_im_presence_query(ngx_str_t *users, size_t n,
+    ngx_stream_im_redis_handler_pt handler, ngx_stream_im_ref_t *ref)
+{
+    u_char                   *kbuf;
+    size_t                    i, j, k;
+    ngx_int_t                 rc;
+    ngx_str_t                *keys, *args, key;
+    ngx_stream_im_ref_t       r;
+    ngx_stream_im_batched_t  *b;
+
+    b = ngx_alloc(n * sizeof(ngx_stream_im_batched_t), ngx_cycle->log);
+    keys = ngx_alloc(3 * n * sizeof(ngx_str_t), ngx_cycle->log);
+    kbuf = ngx_alloc(2 * n * NGX_STREAM_IM_KEY_MAX, ngx_cycle->log);
+
+    if (b == NULL || keys == NULL || kbuf == NULL) {
+        rc = NGX_ERROR;
+        goto done;
+    }
+
+    args = keys + 2 * n;
+
+    for (i = 0; i < n; i++) {
+        key.data = kbuf;
+        key.len = ngx_stream_im_router_key(kbuf, "u", &users[i], "routes")
+                  - kbuf;
+
+        b[i].batch = ngx_stream_im_redis_batch(&key);
+        b[i].index = i;
+    }
+
+    ngx_stream_im_batch_sort(b, n);
+
+    if (ref) {
+        r = *ref;
+
+    } else {
+        ngx_memzero(&r, sizeof(ngx_stream_im_ref_t));
+    }
+
+    rc = NGX_OK;
+
+    for (i = 0; i < n && rc == NGX_OK; i = j) {
+
+        for (j = i, k = 0; j < n && b[j].batch == b[i].batch; j++, k++) {
+            keys[2 * k].data = kbuf + 2 * k * NGX_STREAM_IM_KEY_MAX;
+            keys[2 * k].len = ngx_stream_im_router_key(keys[2 * k].data, "u",
+                                                       &users[b[j].index],
+                                                       "routes")
+                              - keys[2 * k].data;
+
+            keys[2 * k + 1].data = keys[2 * k].data + NGX_STREAM_IM_KEY_MAX;
+            keys[2 * k + 1].len = ngx_stream_im_router_key(
+                                      keys[2 * k + 1].data, "u",
+                                      &users[b[j].index], "seen")
+                                  - keys[2 * k + 1].data;
+
+            args[k] = users[b[j].index];
+        }
+
+        r.arg = (uint32_t) k;
+
+        rc = ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_PRESENCE, 2 * k,
+                                      keys, k, args, handler, &r);
+    }
+
+done:
+
+    if (b) {
+        ngx_free(b);
+    }
+
+    if (keys) {
+        ngx_free(keys);
+    }
+
+    if (kbuf) {
+        ngx_free(kbuf);
+    }
+
+    return rc;
 }
 
 
@@ -540,7 +627,7 @@ ngx_stream_im_presence_unwatch(ngx_stream_im_watcher_t *w)
         return;
     }
 
-    (void) ngx_stream_im_presence_channel(&watch->sn.str, "UNSUBSCRIBE");
+    (void) ngx_stream_im_presence_channel(&watch->sn.str, 0);
 
     if (watch->timer.timer_set) {
         ngx_del_timer(&watch->timer);
@@ -562,7 +649,6 @@ ngx_stream_im_presence_unwatch(ngx_stream_im_watcher_t *w)
 static void
 ngx_stream_im_presence_ready(ngx_uint_t fresh)
 {
-    ngx_str_t               argv[1];
     ngx_queue_t            *q;
     ngx_stream_im_watch_t  *watch;
 
@@ -576,17 +662,14 @@ ngx_stream_im_presence_ready(ngx_uint_t fresh)
     {
         watch = ngx_queue_data(q, ngx_stream_im_watch_t, all);
 
-        if (ngx_stream_im_presence_channel(&watch->sn.str, "SUBSCRIBE")
+        if (ngx_stream_im_presence_channel(&watch->sn.str, 1)
             != NGX_OK)
         {
             return;
         }
     }
 
-    ngx_str_set(&argv[0], "PING");
-
-    (void) ngx_stream_im_redis_subscriber(1, argv,
-                                          ngx_stream_im_presence_subscribed);
+    (void) ngx_stream_im_redis_subscribed(ngx_stream_im_presence_subscribed);
 }
 
 
@@ -627,9 +710,9 @@ ngx_stream_im_presence_subscribed(ngx_stream_im_ref_t *ref, redisReply *r)
             }
         }
 
-        if (ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_PRESENCE, 0, NULL,
-                                     n, args, ngx_stream_im_presence_refresh,
-                                     NULL)
+        if (ngx_stream_im_presence_query(args, n,
+                                         ngx_stream_im_presence_refresh,
+                                         NULL)
             != NGX_OK)
         {
             break;

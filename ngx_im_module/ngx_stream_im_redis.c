@@ -73,6 +73,7 @@
 #define NGX_STREAM_IM_REDIS_HEARTBEAT   5000
 #define NGX_STREAM_IM_REDIS_ALIVE_TTL   "15000"
 #define NGX_STREAM_IM_REDIS_STALL       12000
+#define NGX_STREAM_IM_REDIS_LAPSED      3000
 #define NGX_STREAM_IM_REDIS_SETUP       6000
 #define NGX_STREAM_IM_REDIS_WATCH_RETRY 1000
 #define NGX_STREAM_IM_REDIS_WATCH_MAX   30000
@@ -144,10 +145,13 @@ typedef struct {
     ngx_stream_im_redis_sub_t       subs[NGX_STREAM_IM_REDIS_HANDLERS];
     ngx_stream_im_redis_ready_pt    ready[NGX_STREAM_IM_REDIS_HANDLERS];
     ngx_uint_t                      ups;        /* times it was READY */
+    ngx_uint_t                      cluster;    /* cluster_enabled:1 */
+    ngx_uint_t                      unreplicated; /* releasing unconfirmed */
     ngx_msec_t                      backoff;
     ngx_event_t                     reconnect;
     ngx_event_t                     heartbeat;
     ngx_event_t                     setup;
+    ngx_event_t                     lapsed;     /* routes set once more */
     ngx_str_t                       channel;
     ngx_str_t                       alive;
 
@@ -193,6 +197,8 @@ static void ngx_stream_im_redis_loaded(ngx_stream_im_ref_t *ref,
     redisReply *r);
 static void ngx_stream_im_redis_role(ngx_stream_im_ref_t *ref,
     redisReply *r);
+static void ngx_stream_im_redis_mode(ngx_stream_im_ref_t *ref,
+    redisReply *r);
 static void ngx_stream_im_redis_sentinel_auth(ngx_stream_im_ref_t *ref,
     redisReply *r);
 static void ngx_stream_im_redis_resolved(ngx_stream_im_ref_t *ref,
@@ -223,6 +229,7 @@ static void ngx_stream_im_redis_reconnect_handler(ngx_event_t *ev);
 static void ngx_stream_im_redis_heartbeat_handler(ngx_event_t *ev);
 static void ngx_stream_im_redis_heartbeat_reply(ngx_stream_im_ref_t *ref,
     redisReply *r);
+static void ngx_stream_im_redis_lapsed_handler(ngx_event_t *ev);
 static void ngx_stream_im_redis_pong(ngx_stream_im_ref_t *ref,
     redisReply *r);
 static void ngx_stream_im_redis_check_stall(void);
@@ -235,6 +242,8 @@ static void ngx_stream_im_redis_flush_sync(ngx_stream_im_redis_conn_t *rc,
     ngx_msec_t timeout);
 static u_char *ngx_stream_im_redis_log_error(ngx_log_t *log, u_char *buf,
     size_t len);
+static ngx_int_t ngx_stream_im_redis_reserve(ngx_stream_im_redis_conn_t *rc,
+    size_t need);
 static ngx_int_t ngx_stream_im_redis_append(ngx_stream_im_redis_conn_t *rc,
     ngx_uint_t argc, ngx_str_t *argv);
 static ngx_int_t ngx_stream_im_redis_push_cb(ngx_stream_im_redis_conn_t *rc,
@@ -332,6 +341,8 @@ ngx_stream_im_redis_init_worker(ngx_cycle_t *cycle,
     ngx_stream_im_redis_timer(&rd->heartbeat,
                               ngx_stream_im_redis_heartbeat_handler, cycle);
     ngx_stream_im_redis_timer(&rd->setup, ngx_stream_im_redis_setup_handler,
+                              cycle);
+    ngx_stream_im_redis_timer(&rd->lapsed, ngx_stream_im_redis_lapsed_handler,
                               cycle);
     ngx_stream_im_redis_timer(&rd->switch_later,
                               ngx_stream_im_redis_follow_switch, cycle);
@@ -857,7 +868,7 @@ ngx_stream_im_redis_load(void)
     rd = &ngx_stream_im_redis;
     conf = rd->conf;
 
-    rd->pending = NGX_STREAM_IM_SCRIPTS + 1;
+    rd->pending = NGX_STREAM_IM_SCRIPTS;
 
     if (conf->password.len) {
         rd->pending += 2;
@@ -932,11 +943,58 @@ ngx_stream_im_redis_load(void)
         }
     }
 
+    /*
+     * The route channel, plain and sharded: a cluster publishes sharded
+     * (INFO says which this is, for what the worker publishes itself).
+     */
+
+    rd->pending += 3;
+
     ngx_str_set(&argv[0], "SUBSCRIBE");
     argv[1] = rd->channel;
 
-    return ngx_stream_im_redis_send(&rd->sub, 2, argv,
-                                    ngx_stream_im_redis_loaded, NULL);
+    if (ngx_stream_im_redis_send(&rd->sub, 2, argv,
+                                 ngx_stream_im_redis_loaded, NULL)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ngx_str_set(&argv[0], "SSUBSCRIBE");
+
+    if (ngx_stream_im_redis_send(&rd->sub, 2, argv,
+                                 ngx_stream_im_redis_loaded, NULL)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ngx_str_set(&argv[0], "INFO");
+    ngx_str_set(&argv[1], "cluster");
+
+    return ngx_stream_im_redis_send(&rd->cmd, 2, argv,
+                                    ngx_stream_im_redis_mode, NULL);
+}
+
+
+static void
+ngx_stream_im_redis_mode(ngx_stream_im_ref_t *ref, redisReply *r)
+{
+    ngx_stream_im_redis_t  *rd;
+
+    rd = &ngx_stream_im_redis;
+
+    if (r == NULL || rd->state != NGX_STREAM_IM_REDIS_LOADING) {
+        return;
+    }
+
+    if (r->type == REDIS_REPLY_STRING) {
+        rd->cluster = (ngx_strstrn((u_char *) r->str, "cluster_enabled:1",
+                                   sizeof("cluster_enabled:1") - 2)
+                       != NULL);
+    }
+
+    ngx_stream_im_redis_loaded(ref, r);
 }
 
 
@@ -1008,6 +1066,16 @@ ngx_stream_im_redis_loaded(ngx_stream_im_ref_t *ref, redisReply *r)
     /* the subscriptions are new and anything may have been missed */
 
     ngx_stream_im_redis_call_ready(1);
+
+    /*
+     * A worker that read this one's alive key as gone just before it was
+     * set again may still remove a route set again since: once more, a
+     * little later.
+     */
+
+    if (!rd->lapsed.timer_set) {
+        ngx_add_timer(&rd->lapsed, NGX_STREAM_IM_REDIS_LAPSED);
+    }
 }
 
 
@@ -1671,9 +1739,28 @@ ngx_stream_im_redis_heartbeat_reply(ngx_stream_im_ref_t *ref, redisReply *r)
                       "registering them again", &rd->addr->name);
 
         ngx_stream_im_redis_call_ready(0);
+
+        /*
+         * A worker that read the key as gone just before it was set
+         * again may still remove a route set again since: once more,
+         * a little later.
+         */
+
+        if (!rd->lapsed.timer_set) {
+            ngx_add_timer(&rd->lapsed, NGX_STREAM_IM_REDIS_LAPSED);
+        }
     }
 
     rd->alive_set = 1;
+}
+
+
+static void
+ngx_stream_im_redis_lapsed_handler(ngx_event_t *ev)
+{
+    if (ngx_stream_im_redis.state == NGX_STREAM_IM_REDIS_READY) {
+        ngx_stream_im_redis_call_ready(0);
+    }
 }
 
 
@@ -1846,7 +1933,8 @@ ngx_stream_im_redis_reply(ngx_stream_im_redis_conn_t *rc, redisReply *r)
     if (rc->kind >= NGX_STREAM_IM_REDIS_SUB
         && r->type == REDIS_REPLY_ARRAY && r->elements == 3
         && r->element[0]->type == REDIS_REPLY_STRING
-        && ngx_strcmp(r->element[0]->str, "message") == 0)
+        && (ngx_strcmp(r->element[0]->str, "message") == 0
+            || ngx_strcmp(r->element[0]->str, "smessage") == 0))
     {
         if (rc->kind == NGX_STREAM_IM_REDIS_SUB) {
             ngx_stream_im_redis_push(r);
@@ -2000,20 +2088,137 @@ ngx_stream_im_redis_push(redisReply *r)
 
 
 /*
- * A command on the subscriber connection: SUBSCRIBE or UNSUBSCRIBE of
- * one channel, or PING, each answered once.
+ * A subscription to one channel, or its end, on the subscriber
+ * connection; sharded on a cluster.  Each is answered once.
  */
 
 ngx_int_t
-ngx_stream_im_redis_subscriber(ngx_uint_t argc, ngx_str_t *argv,
-    ngx_stream_im_redis_handler_pt handler)
+ngx_stream_im_redis_subscribe(ngx_str_t *channel, ngx_uint_t on)
 {
+    ngx_str_t  argv[2];
+
     if (ngx_stream_im_redis.state != NGX_STREAM_IM_REDIS_READY) {
         return NGX_DECLINED;
     }
 
-    return ngx_stream_im_redis_send(&ngx_stream_im_redis.sub, argc, argv,
+    if (ngx_stream_im_redis.cluster) {
+        if (on) {
+            ngx_str_set(&argv[0], "SSUBSCRIBE");
+
+        } else {
+            ngx_str_set(&argv[0], "SUNSUBSCRIBE");
+        }
+
+    } else if (on) {
+        ngx_str_set(&argv[0], "SUBSCRIBE");
+
+    } else {
+        ngx_str_set(&argv[0], "UNSUBSCRIBE");
+    }
+
+    argv[1] = *channel;
+
+    return ngx_stream_im_redis_send(&ngx_stream_im_redis.sub, 2, argv,
+                                    NULL, NULL);
+}
+
+
+/* handler is called once the subscriptions asked for before are made */
+
+ngx_int_t
+ngx_stream_im_redis_subscribed(ngx_stream_im_redis_handler_pt handler)
+{
+    ngx_str_t  argv[1];
+
+    if (ngx_stream_im_redis.state != NGX_STREAM_IM_REDIS_READY) {
+        return NGX_DECLINED;
+    }
+
+    ngx_str_set(&argv[0], "PING");
+
+    return ngx_stream_im_redis_send(&ngx_stream_im_redis.sub, 1, argv,
                                     handler, NULL);
+}
+
+
+/*
+ * PUBLISH (SPUBLISH on a cluster: plain PUBLISH is copied to every node)
+ * of a payload given in parts, written straight into the output buffer.
+ * The reply is the number of subscribers that got it.
+ */
+
+ngx_int_t
+ngx_stream_im_redis_publish(ngx_str_t *channel, ngx_str_t *parts,
+    ngx_uint_t nparts, ngx_stream_im_redis_handler_pt handler,
+    ngx_stream_im_ref_t *ref)
+{
+    u_char                      *p;
+    char                        *cmd;
+    size_t                       len;
+    ngx_uint_t                   i;
+    ngx_stream_im_redis_t       *rd;
+    ngx_stream_im_redis_conn_t  *rc;
+
+    rd = &ngx_stream_im_redis;
+    rc = &rd->cmd;
+
+    if (rd->state != NGX_STREAM_IM_REDIS_READY) {
+        return NGX_DECLINED;
+    }
+
+    cmd = rd->cluster ? "SPUBLISH" : "PUBLISH";
+
+    len = 0;
+
+    for (i = 0; i < nparts; i++) {
+        len += parts[i].len;
+    }
+
+    if (ngx_stream_im_redis_reserve(rc, sizeof("*3\r\n$8\r\nSPUBLISH\r\n") - 1
+                                        + 2 * (sizeof("$\r\n\r\n") - 1
+                                               + NGX_SIZE_T_LEN)
+                                        + channel->len + len)
+        != NGX_OK
+        || ngx_stream_im_redis_push_cb(rc, handler, ref) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    p = rc->out + rc->out_len;
+
+    p = ngx_sprintf(p, "*3\r\n$%uz\r\n%s\r\n$%uz\r\n%V\r\n$%uz\r\n",
+                    ngx_strlen(cmd), cmd, channel->len, channel, len);
+
+    for (i = 0; i < nparts; i++) {
+        p = ngx_cpymem(p, parts[i].data, parts[i].len);
+    }
+
+    *p++ = CR;
+    *p++ = LF;
+
+    rc->out_len = p - rc->out;
+
+    if (rc->connected) {
+        ngx_post_event(rc->connection->write, &ngx_posted_events);
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * How commands are batched: on a cluster a script takes the keys of one
+ * slot, on one Redis any keys.
+ */
+
+ngx_uint_t
+ngx_stream_im_redis_batch(ngx_str_t *key)
+{
+    if (!ngx_stream_im_redis.cluster) {
+        return 0;
+    }
+
+    return ngx_stream_im_slot(key->data, key->len);
 }
 
 
@@ -2127,7 +2332,7 @@ ngx_stream_im_redis_append(ngx_stream_im_redis_conn_t *rc, ngx_uint_t argc,
     ngx_str_t *argv)
 {
     u_char      *p;
-    size_t       need, size;
+    size_t       need;
     ngx_uint_t   i;
 
     need = sizeof("*\r\n") - 1 + NGX_INT_T_LEN;
@@ -2135,6 +2340,35 @@ ngx_stream_im_redis_append(ngx_stream_im_redis_conn_t *rc, ngx_uint_t argc,
     for (i = 0; i < argc; i++) {
         need += sizeof("$\r\n\r\n") - 1 + NGX_SIZE_T_LEN + argv[i].len;
     }
+
+    if (ngx_stream_im_redis_reserve(rc, need) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    p = rc->out + rc->out_len;
+
+    p = ngx_sprintf(p, "*%ui\r\n", argc);
+
+    for (i = 0; i < argc; i++) {
+        p = ngx_sprintf(p, "$%uz\r\n", argv[i].len);
+        p = ngx_cpymem(p, argv[i].data, argv[i].len);
+        *p++ = CR;
+        *p++ = LF;
+    }
+
+    rc->out_len = p - rc->out;
+
+    return NGX_OK;
+}
+
+
+/* room for need more bytes in the output buffer */
+
+static ngx_int_t
+ngx_stream_im_redis_reserve(ngx_stream_im_redis_conn_t *rc, size_t need)
+{
+    u_char  *p;
+    size_t   size;
 
     if (rc->out_len + need > rc->out_size) {
 
@@ -2162,19 +2396,6 @@ ngx_stream_im_redis_append(ngx_stream_im_redis_conn_t *rc, ngx_uint_t argc,
         rc->out = p;
         rc->out_size = size;
     }
-
-    p = rc->out + rc->out_len;
-
-    p = ngx_sprintf(p, "*%ui\r\n", argc);
-
-    for (i = 0; i < argc; i++) {
-        p = ngx_sprintf(p, "$%uz\r\n", argv[i].len);
-        p = ngx_cpymem(p, argv[i].data, argv[i].len);
-        *p++ = CR;
-        *p++ = LF;
-    }
-
-    rc->out_len = p - rc->out;
 
     return NGX_OK;
 }
@@ -2387,13 +2608,59 @@ ngx_stream_im_redis_release(ngx_uint_t ok)
     n = rd->nheld;
     rd->nheld = 0;
 
+    /* the writes were made: only their replicas are not confirmed */
+
+    rd->unreplicated = !ok;
+
     for (i = 0; i < n; i++) {
         h = held[i];
 
         if (h.handler) {
-            h.handler(&h.ref, ok ? h.reply : NULL);
+            h.handler(&h.ref, h.reply);
         }
 
         freeReplyObject(h.reply);
     }
+
+    rd->unreplicated = 0;
+}
+
+
+/*
+ * In the handler of a replicated write (a script marked so, or the
+ * barrier): 0 when its reply came but WAIT did not confirm its replicas.
+ */
+
+ngx_uint_t
+ngx_stream_im_redis_replicated(void)
+{
+    return !ngx_stream_im_redis.unreplicated;
+}
+
+
+/*
+ * handler hears once every write queued before is on im_redis_wait
+ * replicas, or not (ngx_stream_im_redis_replicated()); NGX_DECLINED
+ * without im_redis_wait.
+ */
+
+ngx_int_t
+ngx_stream_im_redis_barrier(ngx_stream_im_redis_handler_pt handler,
+    ngx_stream_im_ref_t *ref)
+{
+    ngx_str_t  argv[1];
+
+    if (!ngx_stream_im_redis.conf->wait) {
+        return NGX_DECLINED;
+    }
+
+    ngx_str_set(&argv[0], "PING");
+
+    if (ngx_stream_im_redis_command(1, argv, handler, ref) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ngx_stream_im_redis_hold_next(&ngx_stream_im_redis.cmd);
+
+    return NGX_OK;
 }

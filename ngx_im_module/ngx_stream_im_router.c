@@ -75,7 +75,7 @@ static void ngx_stream_im_router_page(ngx_stream_im_ref_t *ref,
 static void ngx_stream_im_router_deliver(ngx_str_t *channel,
     ngx_str_t *payload);
 static void ngx_stream_im_router_fanout(ngx_str_t *name,
-    ngx_stream_im_msg_t *msg, ngx_stream_im_msg_id_t *mid,
+    ngx_stream_im_msg_t *msg, ngx_stream_im_msg_id_t *pos,
     ngx_atomic_uint_t origin);
 static void ngx_stream_im_router_kicked(ngx_str_t *code, ngx_str_t *user,
     ngx_str_t *data);
@@ -223,116 +223,6 @@ ngx_stream_im_router_check(Im__Message *m, Im__Error__Code *code,
 }
 
 
-/*
- * One round trip: the send script dedups by client_msg_id, stores the
- * entry (the Message without msg_id and ts_ms) into every recipient's
- * inbox, and publishes it to the live routes but the origin's.
- * NGX_DECLINED: the entry does not fit the arena.
- */
-
-ngx_int_t
-ngx_stream_im_router_post(ngx_stream_im_post_t *post,
-    ngx_stream_im_redis_handler_pt handler, ngx_stream_im_ref_t *ref)
-{
-    u_char       *p;
-    size_t        n;
-    Im__Message  *m;
-    ngx_str_t     args[9];
-    u_char        maxlen[NGX_INT_T_LEN];
-    u_char        gmax[NGX_INT_T_LEN];
-
-    m = post->msg;
-
-    n = im__message__get_packed_size(m);
-
-    if (post->pool) {
-        p = ngx_pnalloc(post->pool, n);
-
-    } else {
-        p = ngx_stream_im_arena_alloc(ngx_stream_im_worker_arena(), n);
-    }
-
-    if (p == NULL) {
-        return NGX_DECLINED;
-    }
-
-    args[0].data = p;
-    args[0].len = im__message__pack(m, p);
-
-    args[1].data = maxlen;
-    args[1].len = ngx_sprintf(maxlen, "%ui", post->inbox_max) - maxlen;
-    args[2].data = (u_char *) m->from;
-    args[2].len = ngx_strlen(m->from);
-    args[3] = post->origin;
-    args[4].data = (u_char *) m->client_msg_id;
-    args[4].len = ngx_strlen(m->client_msg_id);
-
-    if (m->to[0]) {
-        ngx_str_set(&args[5], "u");
-        args[6].data = (u_char *) m->to;
-
-    } else {
-        ngx_str_set(&args[5], "g");
-        args[6].data = (u_char *) m->group;
-    }
-
-    args[6].len = ngx_strlen((char *) args[6].data);
-    args[7].data = gmax;
-    args[7].len = ngx_sprintf(gmax, "%ui", post->group_max) - gmax;
-
-    if (post->backend) {
-        ngx_str_set(&args[8], "1");
-
-    } else {
-        ngx_str_set(&args[8], "0");
-    }
-
-    if (ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_SEND, 0, NULL, 9, args,
-                                 handler, ref)
-        != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    return NGX_OK;
-}
-
-
-/*
- * The send script's reply: [msg_id, client_msg_id, bytes a group send
- * stored], or [msg_id, client_msg_id] for a duplicate (stored 0).
- */
-
-ngx_int_t
-ngx_stream_im_router_posted(redisReply *r, ngx_str_t *msg_id,
-    ngx_stream_im_msg_id_t *mid, size_t *stored)
-{
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY
-        || (r->elements != 2 && r->elements != 3)
-        || r->element[0]->type != REDIS_REPLY_STRING
-        || r->element[1]->type != REDIS_REPLY_STRING
-        || ngx_stream_im_msg_id_parse((u_char *) r->element[0]->str,
-                                      r->element[0]->len, mid)
-           != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    msg_id->data = (u_char *) r->element[0]->str;
-    msg_id->len = r->element[0]->len;
-
-    *stored = 0;
-
-    if (r->elements == 3 && r->element[2]->type == REDIS_REPLY_INTEGER
-        && r->element[2]->integer > 0)
-    {
-        *stored = (size_t) r->element[2]->integer;
-    }
-
-    return NGX_OK;
-}
-
-
 static ngx_stream_im_user_t *
 ngx_stream_im_router_user(ngx_str_t *name)
 {
@@ -403,7 +293,7 @@ static ngx_int_t
 ngx_stream_im_router_route(ngx_stream_im_session_t *ctx, uint32_t id,
     time_t iat)
 {
-    ngx_str_t                  keys[3], args[6];
+    ngx_str_t                  keys[3], args[5];
     ngx_stream_im_ref_t        ref;
     ngx_stream_im_srv_conf_t  *iscf;
     u_char                     key[NGX_STREAM_IM_KEY_MAX];
@@ -433,15 +323,14 @@ ngx_stream_im_router_route(ngx_stream_im_session_t *ctx, uint32_t id,
     args[2] = ctx->device;
     args[3].data = max;
     args[3].len = ngx_sprintf(max, "%ui", iscf->max_sessions) - max;
-    args[4] = ctx->user;
-    args[5].data = issued;
-    args[5].len = ngx_sprintf(issued, "%T000", iat) - issued;
+    args[4].data = issued;
+    args[4].len = ngx_sprintf(issued, "%T000", iat) - issued;
 
     ngx_stream_im_session_ref(ctx, &ref, id);
 
     ctx->route_epoch = ngx_stream_im_epoch;
 
-    return ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_LOGIN, 3, keys, 6,
+    return ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_LOGIN, 3, keys, 5,
                                     args, ngx_stream_im_router_logged_in,
                                     &ref);
 }
@@ -455,9 +344,10 @@ ngx_stream_im_router_route(ngx_stream_im_session_t *ctx, uint32_t id,
 static ngx_int_t
 ngx_stream_im_router_reregister(ngx_stream_im_session_t *ctx)
 {
-    ngx_str_t  key, args[3];
-    u_char     buf[NGX_STREAM_IM_KEY_MAX];
-    u_char     sid[NGX_STREAM_IM_SID_MAX];
+    ngx_str_t            key, args[3];
+    ngx_stream_im_ref_t  ref;
+    u_char               buf[NGX_STREAM_IM_KEY_MAX];
+    u_char               sid[NGX_STREAM_IM_SID_MAX];
 
     key.data = buf;
     key.len = ngx_stream_im_router_key(buf, "u", &ctx->user, "routes") - buf;
@@ -466,8 +356,13 @@ ngx_stream_im_router_reregister(ngx_stream_im_session_t *ctx)
     args[1] = *ngx_stream_im_redis_channel();
     args[2] = ctx->user;
 
+    /* online again, if it had no route */
+
+    ngx_memzero(&ref, sizeof(ngx_stream_im_ref_t));
+    ref.arg = 1;
+
     if (ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_REROUTE, 1, &key, 3,
-                                 args, NULL, NULL)
+                                 args, ngx_stream_im_routes_changed, &ref)
         != NGX_OK)
     {
         return NGX_ERROR;
@@ -493,13 +388,18 @@ ngx_stream_im_router_logged_in(ngx_stream_im_ref_t *ref, redisReply *r)
     ctx->logging_in = 0;
 
     /*
-     * the login script's reply: [1, cursor or ""], [0, ""] when full, or
-     * [-1, ""] when the token was revoked
+     * the login script's reply: [1 or 2, cursor or "", [channels], ms],
+     * [0, "", [channels]] when full, or [-1, ""] when the token was
+     * revoked
      */
 
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 2
         || r->element[0]->type != REDIS_REPLY_INTEGER
-        || r->element[1]->type != REDIS_REPLY_STRING)
+        || r->element[1]->type != REDIS_REPLY_STRING
+        || (r->element[0]->integer >= 0 && r->elements < 3)
+        || (r->element[0]->integer > 0
+            && (r->elements != 4
+                || r->element[3]->type != REDIS_REPLY_INTEGER)))
     {
         /*
          * The script may have run before the link broke: the session
@@ -535,6 +435,12 @@ ngx_stream_im_router_logged_in(ngx_stream_im_ref_t *ref, redisReply *r)
         return;
     }
 
+    /* routes of workers that died count until they are found dead */
+
+    if (r->element[0]->integer >= 0) {
+        ngx_stream_im_routes_verify(&ctx->user, r->element[2]);
+    }
+
     if (r->element[0]->integer == 0) {
         ngx_stream_im_router_remove(ctx);
 
@@ -562,6 +468,11 @@ ngx_stream_im_router_logged_in(ngx_stream_im_ref_t *ref, redisReply *r)
         ngx_memzero(&ctx->last, sizeof(ngx_stream_im_msg_id_t));
     }
 
+    if (r->element[0]->integer == 1) {
+        ngx_stream_im_routes_presence(&ctx->user, 1,
+                                      (uint64_t) r->element[3]->integer);
+    }
+
     ngx_stream_im_session_signed_in(ctx);
 
     if (ngx_stream_im_router_auth_ok(ctx, ref->id) != NGX_OK) {
@@ -573,6 +484,28 @@ ngx_stream_im_router_logged_in(ngx_stream_im_ref_t *ref, redisReply *r)
                   &ctx->user, &ctx->device);
 
     ngx_stream_im_router_replay(ctx);
+}
+
+
+/*
+ * The session's own send is in its inbox: if it has everything before,
+ * it has that too (it holds the SendAck), and the next live message
+ * follows it without a gap.
+ */
+
+void
+ngx_stream_im_router_sent(ngx_stream_im_session_t *ctx,
+    ngx_stream_im_posted_t *posted)
+{
+    if (!posted->own || ctx->replaying
+        || ctx->epoch != ngx_stream_im_epoch
+        || posted->previous.ms != ctx->last.ms
+        || posted->previous.seq != ctx->last.seq)
+    {
+        return;
+    }
+
+    ctx->last = posted->cursor;
 }
 
 
@@ -685,14 +618,27 @@ ngx_stream_im_router_forget(ngx_stream_im_session_t *ctx)
 static ngx_int_t
 ngx_stream_im_router_gone_send(ngx_stream_im_gone_t *g)
 {
+    ngx_str_t            keys[2], args[2];
     ngx_stream_im_ref_t  ref;
+    u_char               routes[NGX_STREAM_IM_KEY_MAX];
+    u_char               seen[NGX_STREAM_IM_KEY_MAX];
+
+    keys[0].data = routes;
+    keys[0].len = ngx_stream_im_router_key(routes, "u", &g->args[0],
+                                           "routes")
+                  - routes;
+    keys[1].data = seen;
+    keys[1].len = ngx_stream_im_router_key(seen, "u", &g->args[0], "seen")
+                  - seen;
+
+    args[0] = g->args[1];
+    args[1] = g->args[0];
 
     ngx_memzero(&ref, sizeof(ngx_stream_im_ref_t));
     ref.arg = g->serial;
 
-    if (ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_LOGOUT, 0, NULL, 2,
-                                 g->args, ngx_stream_im_router_gone_done,
-                                 &ref)
+    if (ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_LOGOUT, 2, keys, 2,
+                                 args, ngx_stream_im_router_gone_done, &ref)
         != NGX_OK)
     {
         return NGX_DECLINED;
@@ -730,6 +676,19 @@ ngx_stream_im_router_gone_done(ngx_stream_im_ref_t *ref, redisReply *r)
         if (r->type == REDIS_REPLY_ERROR) {
             ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                           "redis refused a logout: %s", r->str);
+
+        } else if (r->type == REDIS_REPLY_ARRAY && r->elements == 2
+                   && r->element[0]->type == REDIS_REPLY_INTEGER
+                   && r->element[0]->integer == 0)
+        {
+            /* routes left: some may be of workers that died */
+
+            ngx_stream_im_routes_verify(&g->args[0], r->element[1]);
+
+        } else {
+            /* {ms, user}: the last route went */
+
+            ngx_stream_im_routes_changed(NULL, r);
         }
 
         ngx_queue_remove(&g->queue);
@@ -989,22 +948,36 @@ ngx_stream_im_router_page(ngx_stream_im_ref_t *ref, redisReply *r)
 
 
 ngx_stream_im_msg_t *
-ngx_stream_im_router_message(uint32_t id, ngx_str_t *msg_id,
-    ngx_stream_im_msg_id_t *mid, ngx_str_t *partial)
+ngx_stream_im_router_message(uint32_t id, ngx_str_t *cursor,
+    ngx_stream_im_msg_id_t *pos, ngx_str_t *partial)
 {
     u_char               *p;
+    uint64_t              ts;
+    ngx_str_t             msg_id;
     ngx_stream_im_msg_t  *msg;
 
+    /* an entry stored before cursors existed: its stream id is both */
+
+    if (ngx_stream_im_entry_has_id(partial) == NGX_OK) {
+        ngx_str_null(&msg_id);
+        ts = 0;
+
+    } else {
+        msg_id = *cursor;
+        ts = pos->ms;
+    }
+
     msg = ngx_stream_im_msg_alloc(NGX_STREAM_IM_WS_HEADER_MAX
-                                  + ngx_stream_im_message_size(id, msg_id,
-                                                               mid->ms,
+                                  + ngx_stream_im_message_size(id, &msg_id,
+                                                               ts, cursor,
                                                                partial),
                                   ngx_cycle->log);
     if (msg == NULL) {
         return NULL;
     }
 
-    p = ngx_stream_im_message_write(msg->data, id, msg_id, mid->ms, partial);
+    p = ngx_stream_im_message_write(msg->data, id, &msg_id, ts, cursor,
+                                    partial);
     msg->len = p - msg->data;
 
     return msg;
@@ -1052,8 +1025,9 @@ ngx_stream_im_router_entry(redisReply *e, ngx_str_t *id,
 
 
 /*
- * A message on this worker's channel (see ngx_stream_im_scripts.c):
- * serialized once, queued on every local session of its users.
+ * A message on this worker's channel (see ngx_stream_im_scripts.c): a
+ * stored one is written once per user, with the user's cursor, and
+ * queued on every local session of that user.
  */
 
 static void
@@ -1061,11 +1035,11 @@ ngx_stream_im_router_deliver(ngx_str_t *channel, ngx_str_t *payload)
 {
     u_char                   *p, *q, *end, *nl[3];
     ngx_int_t                 n;
-    ngx_str_t                 id, users, data, user;
+    ngx_str_t                 id, users, data, user, cursor, prev;
     ngx_uint_t                i;
     ngx_atomic_uint_t         origin;
     ngx_stream_im_msg_t      *msg;
-    ngx_stream_im_msg_id_t    mid;
+    ngx_stream_im_msg_id_t    pos[2];     /* previous, this */
 
     p = payload->data;
     end = p + payload->len;
@@ -1108,12 +1082,61 @@ ngx_stream_im_router_deliver(ngx_str_t *channel, ngx_str_t *payload)
     switch (payload->data[0]) {
 
     case 'm':
-        if (ngx_stream_im_msg_id_parse(id.data, id.len, &mid) != NGX_OK) {
-            return;
+
+        /* "<user> <previous> <cursor> ...": a frame each */
+
+        p = users.data;
+        end = users.data + users.len;
+
+        while (p < end) {
+            user.data = p;
+            p = ngx_strlchr(p, end, ' ');
+
+            if (p == NULL) {
+                break;
+            }
+
+            user.len = p - user.data;
+            prev.data = ++p;
+            p = ngx_strlchr(p, end, ' ');
+
+            if (p == NULL) {
+                break;
+            }
+
+            prev.len = p - prev.data;
+            cursor.data = ++p;
+
+            while (p < end && *p != ' ') {
+                p++;
+            }
+
+            cursor.len = p - cursor.data;
+            p++;
+
+            if (ngx_stream_im_msg_id_parse(cursor.data, cursor.len, &pos[1])
+                != NGX_OK
+                || ngx_stream_im_msg_id_parse(prev.data, prev.len, &pos[0])
+                   != NGX_OK)
+            {
+                break;
+            }
+
+            if (ngx_stream_im_router_user(&user) == NULL) {
+                continue;
+            }
+
+            msg = ngx_stream_im_router_message(0, &cursor, &pos[1], &data);
+            if (msg == NULL) {
+                return;
+            }
+
+            msg->refs++;
+            ngx_stream_im_router_fanout(&user, msg, pos, origin);
+            ngx_stream_im_msg_release(msg);
         }
 
-        msg = ngx_stream_im_router_message(0, &id, &mid, &data);
-        break;
+        return;
 
     case 't':
         msg = ngx_stream_im_msg_alloc(NGX_STREAM_IM_WS_HEADER_MAX + data.len,
@@ -1136,10 +1159,6 @@ ngx_stream_im_router_deliver(ngx_str_t *channel, ngx_str_t *payload)
         return;
     }
 
-    if (msg == NULL) {
-        return;
-    }
-
     /* keep the message alive while it is queued on the sessions */
     msg->refs++;
 
@@ -1156,9 +1175,7 @@ ngx_stream_im_router_deliver(ngx_str_t *channel, ngx_str_t *payload)
         user.len = p - user.data;
         p++;
 
-        ngx_stream_im_router_fanout(&user, msg,
-                                    payload->data[0] == 'm' ? &mid : NULL,
-                                    origin);
+        ngx_stream_im_router_fanout(&user, msg, NULL, origin);
     }
 
     ngx_stream_im_msg_release(msg);
@@ -1167,7 +1184,7 @@ ngx_stream_im_router_deliver(ngx_str_t *channel, ngx_str_t *payload)
 
 static void
 ngx_stream_im_router_fanout(ngx_str_t *name, ngx_stream_im_msg_t *msg,
-    ngx_stream_im_msg_id_t *mid, ngx_atomic_uint_t origin)
+    ngx_stream_im_msg_id_t *pos, ngx_atomic_uint_t origin)
 {
     ngx_queue_t              *q;
     ngx_stream_im_user_t     *u;
@@ -1191,7 +1208,7 @@ ngx_stream_im_router_fanout(ngx_str_t *name, ngx_stream_im_msg_t *msg,
             continue;
         }
 
-        if (mid == NULL) {
+        if (pos == NULL) {
 
             /* typing: live only, no order to keep */
 
@@ -1213,9 +1230,26 @@ ngx_stream_im_router_fanout(ngx_str_t *name, ngx_stream_im_msg_t *msg,
             continue;
         }
 
-        if (mid->ms < ctx->last.ms
-            || (mid->ms == ctx->last.ms && mid->seq <= ctx->last.seq))
+        /* the inbox order: what the replay or an earlier live one sent */
+
+        if (pos[1].ms < ctx->last.ms
+            || (pos[1].ms == ctx->last.ms && pos[1].seq <= ctx->last.seq))
         {
+            continue;
+        }
+
+        /*
+         * Workers publish what they stored in any order: one that does
+         * not follow what the session has leaves a gap the replay fills.
+         */
+
+        if (pos[0].ms != ctx->last.ms || pos[0].seq != ctx->last.seq) {
+            ctx->replay_again = 1;
+
+            if (!ctx->replaying) {
+                ngx_stream_im_router_replay(ctx);
+            }
+
             continue;
         }
 
@@ -1225,7 +1259,7 @@ ngx_stream_im_router_fanout(ngx_str_t *name, ngx_stream_im_msg_t *msg,
 
         ngx_stream_im_metrics_delivered(NGX_STREAM_IM_M_LIVE, 1);
 
-        ctx->last = *mid;
+        ctx->last = pos[1];
     }
 }
 

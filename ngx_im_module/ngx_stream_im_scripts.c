@@ -12,286 +12,303 @@
 
 
 /*
- * What happens inside Redis, one round trip each.  A message is stored
- * in every recipient's inbox under one stream id, made of the time and a
- * global counter (im:seq), or past the last id of them all when an inbox
- * is ahead of the clock, so a message has the same msg_id everywhere;
- * then each distinct live route, but the sending session's, gets one
- * PUBLISH:
+ * What happens inside Redis.  Every script declares its keys and touches
+ * one Redis Cluster slot (the "#!lua" form makes Redis check it on a
+ * cluster), so a send is several calls: its id and dedup in the
+ * sender's slot, then its entry into the inboxes of each slot's users.
+ * A script publishes nothing: it returns the route channels, and the
+ * worker publishes (sharded on a cluster):
  *
- *     <kind><msg id>\n<origin session>\n<user> <user>...\n<data>
+ *     <kind><msg id>\n<origin session>\n<users>\n<data>
  *
- * kind "m": data is the stored entry; kind "t": data is a packed Frame.
- * A route counts while its worker's alive key exists; dead ones go.
+ * kind "m": users are "<user> <previous cursor> <cursor> ...", data the
+ * stored entry;
+ * kind "t": users are "<user> ...", data a packed Frame; kind "x": a kick.
+ * A worker that died leaves routes behind: they go when a worker finds
+ * its alive key gone (ngx_stream_im_routes.c) and prunes them.
  */
 
 
 /*
  * Work a client can make one frame cost: a group send stores its entry
- * once per member, at most this many bytes in all; typing goes to groups
- * of at most this many members, each one's routes read.
+ * once per member, at most this many bytes in all.
  */
 
 #define NGX_STREAM_IM_LUA_GROUP_BYTES   "67108864"
-#define NGX_STREAM_IM_LUA_TYPING_MAX    "1000"
 
 
-#define NGX_STREAM_IM_LUA_ROUTES                                              \
-    "local function routes(users, origin, alive, out)\n"                      \
-    "  for _, u in ipairs(users) do\n"                                        \
-    "    local rk = 'im:{u:' .. u .. '}:routes'\n"                            \
-    "    local r = redis.call('HGETALL', rk)\n"                               \
-    "    for i = 1, #r, 2 do\n"                                               \
-    "      local ch = r[i + 1]\n"                                             \
-    "      if alive[ch] == nil then\n"                                        \
-    "        alive[ch] = redis.call('EXISTS', ch .. ':alive')\n"              \
-    "      end\n"                                                             \
-    "      if r[i] == origin then\n"                                          \
-    "        -- the sending session has its SendAck\n"                        \
-    "      elseif alive[ch] == 1 then\n"                                      \
-    "        local l = out[ch]\n"                                             \
-    "        if l == nil then l = {seen = {}}; out[ch] = l end\n"             \
-    "        if not l.seen[u] then\n"                                         \
-    "          l.seen[u] = true\n"                                            \
-    "          l[#l + 1] = u\n"                                               \
-    "        end\n"                                                           \
-    "      else\n"                                                            \
-    "        redis.call('HDEL', rk, r[i])\n"                                  \
-    "      end\n"                                                             \
-    "    end\n"                                                               \
-    "  end\n"                                                                 \
-    "end\n"                                                                   \
-    "local function members(kind, target, sender, max, size, backend)\n"      \
-    "  if kind ~= 'g' then return {target} end\n"                             \
-    "  local g = 'im:{g:' .. target .. '}:members'\n"                         \
-    "  local n = redis.call('SCARD', g)\n"                                    \
-    "  if backend then\n"                                                     \
-    "    if n == 0 then\n"                                                    \
-    "      return redis.error_reply('NOT_FOUND no such group')\n"             \
-    "    end\n"                                                               \
-    "  elseif redis.call('SISMEMBER', g, sender) == 0 then\n"                 \
-    "    return redis.error_reply('FORBIDDEN not a member of the group')\n"   \
-    "  end\n"                                                                 \
-    "  if n > tonumber(max) then\n"                                           \
-    "    return redis.error_reply('TOO_LARGE group over "                     \
-                                    "im_group_max_members')\n"                \
-    "  end\n"                                                                 \
-    "  if n * size > " NGX_STREAM_IM_LUA_GROUP_BYTES " then\n"                \
-    "    return redis.error_reply('TOO_LARGE message too large for a "        \
-                                    "group this size')\n"                     \
-    "  end\n"                                                                 \
-    "  return redis.call('SMEMBERS', g)\n"                                    \
+#define NGX_STREAM_IM_LUA_NOW                                                 \
+    "local function now()\n"                                                  \
+    "  local t = redis.call('TIME')\n"                                        \
+    "  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"    \
     "end\n"
 
 
-/* the live routes of a user (dead ones go), and the time in ms */
+/* the distinct channels of a routes hash but origin's, into out/lists */
 
-#define NGX_STREAM_IM_LUA_LIVE                                                \
-    "local function live(rk)\n"                                               \
+#define NGX_STREAM_IM_LUA_ROUTES                                              \
+    "local function routes(rk, origin, item, out, lists)\n"                   \
     "  local r = redis.call('HGETALL', rk)\n"                                 \
-    "  local alive, n = {}, 0\n"                                              \
+    "  local seen = {}\n"                                                     \
     "  for i = 1, #r, 2 do\n"                                                 \
     "    local ch = r[i + 1]\n"                                               \
-    "    if alive[ch] == nil then\n"                                          \
-    "      alive[ch] = redis.call('EXISTS', ch .. ':alive')\n"                \
+    "    if r[i] ~= origin and not seen[ch] then\n"                           \
+    "      seen[ch] = true\n"                                                 \
+    "      local l = lists[ch]\n"                                             \
+    "      if l == nil then\n"                                                \
+    "        l = {}\n"                                                        \
+    "        lists[ch] = l\n"                                                 \
+    "        out[#out + 1] = ch\n"                                            \
+    "      end\n"                                                             \
+    "      l[#l + 1] = item\n"                                                \
     "    end\n"                                                               \
-    "    if alive[ch] == 1 then n = n + 1\n"                                  \
-    "    else redis.call('HDEL', rk, r[i]) end\n"                             \
     "  end\n"                                                                 \
-    "  return n\n"                                                            \
     "end\n"                                                                   \
-    "local function now()\n"                                                  \
-    "  local t = redis.call('TIME')\n"                                        \
-    "  return string.format('%.0f', t[1] * 1000 + math.floor(t[2] / 1000))\n" \
+    "local function by_channel(reply, out, lists)\n"                          \
+    "  for _, ch in ipairs(out) do\n"                                         \
+    "    reply[#reply + 1] = ch\n"                                            \
+    "    reply[#reply + 1] = table.concat(lists[ch], ' ')\n"                  \
+    "  end\n"                                                                 \
+    "  return reply\n"                                                        \
+    "end\n"
+
+
+/* the distinct channels of a routes hash */
+
+#define NGX_STREAM_IM_LUA_CHANNELS                                            \
+    "local function channels(rk)\n"                                           \
+    "  local out, seen = {}, {}\n"                                            \
+    "  for _, ch in ipairs(redis.call('HVALS', rk)) do\n"                     \
+    "    if not seen[ch] then\n"                                              \
+    "      seen[ch] = true\n"                                                 \
+    "      out[#out + 1] = ch\n"                                              \
+    "    end\n"                                                               \
+    "  end\n"                                                                 \
+    "  return out\n"                                                          \
     "end\n"
 
 
 ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
 
     /*
-     * send: KEYS none (per-user keys are derived); ARGV: entry, inbox
-     * max, sender, origin session, client_msg_id, kind "u" or "g",
-     * target, group max, "1" from the backend (no membership needed, no
-     * copy for the sender, who has no devices).  Returns {msg_id,
-     * client_msg_id, bytes a group send stored} ({msg_id, client_msg_id}
-     * for a duplicate).  Its reply waits for im_redis_wait replicas.
+     * id: KEYS the slot's counter, and the sender's dedup key when the
+     * send has a client_msg_id; ARGV: the slot.  A msg_id is the time
+     * and the slot's count times 16384 plus the slot: unique, with no
+     * key shared by all slots.  Returns {state, msg_id, ts_ms, age ms}:
+     * "n" new, "d" a duplicate stored in full, "p" a duplicate whose
+     * first try may still be storing, "f" one whose first try failed.
+     * The dedup key says "<id> <ms> p" until the worker marks it stored,
+     * "<id> <ms>", or failed, "<id> <ms> f".
      */
 
     { ngx_string(
+          "#!lua\n"
+          NGX_STREAM_IM_LUA_NOW
+          "if KEYS[2] then\n"
+          "  local prev = redis.call('GET', KEYS[2])\n"
+          "  if prev then\n"
+          "    local id, ms, p = string.match(prev, '^(%S+) (%d+)(.*)$')\n"
+          "    if id == nil then\n"
+          "      id, ms, p = prev, string.match(prev, '^(%d+)'), ''\n"
+          "    end\n"
+          "    ms = tonumber(ms or '0')\n"
+          "    p = (p == ' p' or p == ' f') and string.sub(p, 2) or 'd'\n"
+          "    return {p, id, ms, now() - ms}\n"
+          "  end\n"
+          "end\n"
+          "local ms = now()\n"
+          "local n = redis.call('INCR', KEYS[1]) * 16384 + tonumber(ARGV[1])\n"
+          "local id = string.format('%.0f-%.0f', ms, n)\n"
+          "if KEYS[2] then\n"
+          "  redis.call('SET', KEYS[2],\n"
+          "             id .. ' ' .. string.format('%.0f', ms) .. ' p',\n"
+          "             'EX', 86400)\n"
+          "end\n"
+          "return {'n', id, ms, 0}\n"),
+      "", 0 },
+
+    /*
+     * store: KEYS inbox and routes of each user; ARGV: entry, inbox max,
+     * origin session, the users.  Returns {{cursor, previous, ...},
+     * channel, "<user> <previous> <cursor> ...", ...}: where the entry
+     * went in each inbox and the entry before it there ("0-0": none), and
+     * who on each channel (but the origin) gets it live.  Workers publish
+     * in any order: the previous cursor tells a receiver whether it has
+     * everything before.
+     */
+
+    { ngx_string(
+          "#!lua\n"
           NGX_STREAM_IM_LUA_ROUTES
-          "local entry, sender, cmid = ARGV[1], ARGV[3], ARGV[5]\n"
-          "local backend = ARGV[9] == '1'\n"
-          "local users = members(ARGV[6], ARGV[7], sender, ARGV[8], #entry,\n"
-          "                      backend)\n"
-          "if users.err then return users end\n"
-          "if ARGV[6] ~= 'g' and ARGV[7] ~= sender and not backend then\n"
-          "  users[2] = sender\n"
+          "local entry, max, origin = ARGV[1], ARGV[2], ARGV[3]\n"
+          "local cursors, out, lists = {}, {}, {}\n"
+          "for i = 4, #ARGV do\n"
+          "  local k = (i - 4) * 2\n"
+          "  local last = redis.call('XREVRANGE', KEYS[k + 1], '+', '-',\n"
+          "                          'COUNT', 1)\n"
+          "  local p = last[1] and last[1][1] or '0-0'\n"
+          "  local c = redis.call('XADD', KEYS[k + 1], 'MAXLEN', '~', max,\n"
+          "                       '*', 'm', entry)\n"
+          "  cursors[#cursors + 1] = c\n"
+          "  cursors[#cursors + 1] = p\n"
+          "  routes(KEYS[k + 2], origin, ARGV[i] .. ' ' .. p .. ' ' .. c,\n"
+          "         out, lists)\n"
           "end\n"
-          "local t = redis.call('TIME')\n"
-          "local ms = tonumber(t[1]) * 1000 + math.floor(t[2] / 1000)\n"
-          "local id = string.format('%.0f-%.0f', ms,\n"
-          "                         redis.call('INCR', 'im:seq'))\n"
-          "local dedup\n"
-          "if cmid ~= '' then\n"
-          "  dedup = 'im:{u:' .. sender .. '}:dedup:' .. cmid\n"
-          "  local prev = redis.call('SET', dedup, id, 'NX', 'GET',\n"
-          "                          'EX', 86400)\n"
-          "  if prev then return {prev, cmid} end\n"
-          "end\n"
-          "local function store(id)\n"
-          "  for n, u in ipairs(users) do\n"
-          "    local inbox = 'im:{u:' .. u .. '}:inbox'\n"
-          "    local r = redis.pcall('XADD', inbox, 'MAXLEN', '~', ARGV[2],\n"
-          "                          id, 'm', entry)\n"
-          "    if type(r) == 'table' and r.err then\n"
-          "      for k = 1, n - 1 do\n"
-          "        redis.call('XDEL', 'im:{u:' .. users[k] .. '}:inbox', id)\n"
-          "      end\n"
-          "      return false\n"
-          "    end\n"
-          "  end\n"
-          "  return true\n"
-          "end\n"
-          "if not store(id) then\n"
-          "  -- an inbox is ahead of the clock: go past the last of them all\n"
-          "  local seq = 0\n"
-          "  for _, u in ipairs(users) do\n"
-          "    local ok, info = pcall(redis.call, 'XINFO', 'STREAM',\n"
-          "                           'im:{u:' .. u .. '}:inbox')\n"
-          "    for i = 1, ok and #info or 0, 2 do\n"
-          "      if info[i] == 'last-generated-id' then\n"
-          "        local a, b = string.match(info[i + 1], '^(%d+)-(%d+)$')\n"
-          "        a, b = tonumber(a), tonumber(b)\n"
-          "        if a > ms or (a == ms and b >= seq) then\n"
-          "          ms, seq = a, b + 1\n"
-          "        end\n"
-          "      end\n"
-          "    end\n"
-          "  end\n"
-          "  id = string.format('%.0f-%.0f', ms, seq)\n"
-          "  if not store(id) then\n"
-          "    if dedup then redis.call('DEL', dedup) end\n"
-          "    return redis.error_reply('ERR the message was not stored')\n"
-          "  end\n"
-          "  if dedup then redis.call('SET', dedup, id, 'EX', 86400) end\n"
-          "end\n"
-          "local out = {}\n"
-          "routes(users, ARGV[4], {}, out)\n"
-          "for ch, l in pairs(out) do\n"
-          "  redis.call('PUBLISH', ch, 'm' .. id .. '\\n' .. ARGV[4] .. '\\n'\n"
-          "             .. table.concat(l, ' ') .. '\\n' .. entry)\n"
-          "end\n"
-          "if ARGV[6] ~= 'g' then return {id, cmid, 0} end\n"
-          "return {id, cmid, #users * #entry}\n"),
+          "return by_channel({cursors}, out, lists)\n"),
       "", 1 },
 
     /*
-     * login: KEYS routes, cursor, revoked; ARGV: session, channel,
-     * device, max sessions, user, token iat in ms.  Returns {1, cursor or
-     * ""}, {0, ""} when full, or {-1, ""} when the token was revoked; the
-     * first session of a user tells the watchers it is online.
+     * members: KEYS members; ARGV: sender, max members, entry size,
+     * "1" for the backend, and for typing the largest group it goes to.
+     * Returns the members, or {} for typing in a larger group.
      */
 
     { ngx_string(
-          NGX_STREAM_IM_LUA_LIVE
-          "local rv = redis.call('GET', KEYS[3])\n"
-          "if rv and tonumber(ARGV[6]) < tonumber(rv) then\n"
-          "  return {-1, ''}\n"
-          "end\n"
-          "local n = live(KEYS[1])\n"
-          "if n >= tonumber(ARGV[4]) then return {0, ''} end\n"
-          "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
-          "if n == 0 then\n"
-          "  redis.call('PUBLISH', 'im:presence:' .. ARGV[5], '1 ' .. now())\n"
-          "end\n"
-          "return {1, redis.call('HGET', KEYS[2], ARGV[3]) or ''}\n"),
-      "", 0 },
-
-    /*
-     * typing: ARGV: sender, kind, target, packed Frame, group max,
-     * origin session.  Published to the live routes only, never stored.
-     */
-
-    { ngx_string(
-          NGX_STREAM_IM_LUA_ROUTES
-          "local sender = ARGV[1]\n"
-          "if ARGV[2] == 'g' and redis.call('SCARD', 'im:{g:' .. ARGV[3]\n"
-          "   .. '}:members') > " NGX_STREAM_IM_LUA_TYPING_MAX " then\n"
-          "  return 0\n"
-          "end\n"
-          "local users = members(ARGV[2], ARGV[3], sender, ARGV[5], 0)\n"
-          "if users.err then return users end\n"
-          "local others = {}\n"
-          "for _, u in ipairs(users) do\n"
-          "  if u ~= sender then others[#others + 1] = u end\n"
-          "end\n"
-          "local out = {}\n"
-          "routes(others, ARGV[6], {}, out)\n"
-          "for ch, l in pairs(out) do\n"
-          "  redis.call('PUBLISH', ch, 't\\n' .. ARGV[6] .. '\\n'\n"
-          "             .. table.concat(l, ' ') .. '\\n' .. ARGV[4])\n"
-          "end\n"
-          "return 1\n"),
-      "", 0 },
-
-    /*
-     * group: ARGV: group, user, "join" or "leave", max members.  Only
-     * groups an admin marked open (im:{g:<gid>}:meta open 1) are joined
-     * by their users; anyone may leave.
-     */
-
-    { ngx_string(
-          "local g = 'im:{g:' .. ARGV[1] .. '}:members'\n"
-          "if ARGV[3] == 'leave' then\n"
-          "  if redis.call('SREM', g, ARGV[2]) == 0 then\n"
-          "    return redis.error_reply('NOT_FOUND not a member')\n"
-          "  end\n"
-          "  return 1\n"
-          "end\n"
-          "if redis.call('SISMEMBER', g, ARGV[2]) == 1 then return 1 end\n"
-          "local meta = 'im:{g:' .. ARGV[1] .. '}:meta'\n"
-          "if redis.call('HGET', meta, 'open') ~= '1' then\n"
-          "  if redis.call('EXISTS', g) == 0\n"
-          "     and redis.call('EXISTS', meta) == 0 then\n"
+          "#!lua\n"
+          "local g = KEYS[1]\n"
+          "local n = redis.call('SCARD', g)\n"
+          "if ARGV[5] ~= '' and n > tonumber(ARGV[5]) then return {} end\n"
+          "if ARGV[4] == '1' then\n"
+          "  if n == 0 then\n"
           "    return redis.error_reply('NOT_FOUND no such group')\n"
           "  end\n"
-          "  return redis.error_reply('FORBIDDEN the group is closed')\n"
+          "elseif redis.call('SISMEMBER', g, ARGV[1]) == 0 then\n"
+          "  return redis.error_reply('FORBIDDEN not a member of the group')\n"
           "end\n"
-          "if redis.call('SCARD', g) >= tonumber(ARGV[4]) then\n"
-          "  return redis.error_reply('TOO_LARGE the group is full')\n"
+          "if n > tonumber(ARGV[2]) then\n"
+          "  return redis.error_reply('TOO_LARGE group over "
+                                      "im_group_max_members')\n"
           "end\n"
-          "redis.call('SADD', g, ARGV[2])\n"
-          "return 1\n"),
+          "if n * tonumber(ARGV[3]) > " NGX_STREAM_IM_LUA_GROUP_BYTES " then\n"
+          "  return redis.error_reply('TOO_LARGE message too large for a "
+                                      "group this size')\n"
+          "end\n"
+          "return redis.call('SMEMBERS', g)\n"),
       "", 0 },
 
     /*
-     * logout: ARGV: user, session.  The last session of a user records
-     * when it was seen and tells the watchers it is offline.
+     * routes: KEYS routes of each user; ARGV: origin session, the users.
+     * Returns {channel, "<user> ...", ...}, for typing.
      */
 
     { ngx_string(
-          NGX_STREAM_IM_LUA_LIVE
-          "local rk = 'im:{u:' .. ARGV[1] .. '}:routes'\n"
-          "redis.call('HDEL', rk, ARGV[2])\n"
-          "if live(rk) > 0 then return 0 end\n"
+          "#!lua\n"
+          NGX_STREAM_IM_LUA_ROUTES
+          "local out, lists = {}, {}\n"
+          "for i = 2, #ARGV do\n"
+          "  routes(KEYS[i - 1], ARGV[1], ARGV[i], out, lists)\n"
+          "end\n"
+          "return by_channel({}, out, lists)\n"),
+      "", 0 },
+
+    /*
+     * login: KEYS routes, cursor, revoked; ARGV: session, channel,
+     * device, max sessions, token iat in ms.  Returns {1 (the user's
+     * first route) or 2, cursor or "", {other channels}, ms}, {0, "",
+     * {other channels}} when full, or {-1, ""} when the token was
+     * revoked.  Other channels may be of dead workers: the worker checks.
+     */
+
+    { ngx_string(
+          "#!lua\n"
+          NGX_STREAM_IM_LUA_NOW
+          "local rv = redis.call('GET', KEYS[3])\n"
+          "if rv and tonumber(ARGV[5]) < tonumber(rv) then\n"
+          "  return {-1, ''}\n"
+          "end\n"
+          "local r = redis.call('HGETALL', KEYS[1])\n"
+          "local others, seen, n = {}, {}, 0\n"
+          "for i = 1, #r, 2 do\n"
+          "  if r[i] ~= ARGV[1] then\n"
+          "    n = n + 1\n"
+          "    if not seen[r[i + 1]] then\n"
+          "      seen[r[i + 1]] = true\n"
+          "      others[#others + 1] = r[i + 1]\n"
+          "    end\n"
+          "  end\n"
+          "end\n"
+          "if n >= tonumber(ARGV[4]) then return {0, '', others} end\n"
+          "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
+          "local cursor = redis.call('HGET', KEYS[2], ARGV[3]) or ''\n"
+          "return {n == 0 and 1 or 2, cursor, others, now()}\n"),
+      "", 0 },
+
+    /*
+     * logout: KEYS routes, seen; ARGV: session, user.  Returns {ms, user}
+     * when it was the user's last route (seen then: the worker says
+     * offline), or {0, {channels left}}.
+     */
+
+    { ngx_string(
+          "#!lua\n"
+          NGX_STREAM_IM_LUA_NOW
+          NGX_STREAM_IM_LUA_CHANNELS
+          "redis.call('HDEL', KEYS[1], ARGV[1])\n"
+          "local left = channels(KEYS[1])\n"
+          "if #left > 0 then return {0, left} end\n"
           "local ms = now()\n"
-          "redis.call('SET', 'im:{u:' .. ARGV[1] .. '}:seen', ms)\n"
-          "redis.call('PUBLISH', 'im:presence:' .. ARGV[1], '0 ' .. ms)\n"
-          "return 1\n"),
+          "redis.call('SET', KEYS[2], ms)\n"
+          "return {ms, ARGV[2]}\n"),
       "", 0 },
 
     /*
-     * presence: ARGV: users.  Returns {user, online, last seen ms, ...},
-     * online while one of the user's routes is alive (dead ones go).
+     * prune: KEYS routes, seen; ARGV: user, channels of dead workers.
+     * Removes the user's routes to them; returns {ms, user} when that
+     * left none (seen then: the worker says offline), else 0.
      */
 
     { ngx_string(
-          NGX_STREAM_IM_LUA_LIVE
+          "#!lua\n"
+          NGX_STREAM_IM_LUA_NOW
+          "local r = redis.call('HGETALL', KEYS[1])\n"
+          "local dead, gone, left = {}, 0, 0\n"
+          "for i = 2, #ARGV do dead[ARGV[i]] = true end\n"
+          "for i = 1, #r, 2 do\n"
+          "  if dead[r[i + 1]] then\n"
+          "    redis.call('HDEL', KEYS[1], r[i])\n"
+          "    gone = gone + 1\n"
+          "  else\n"
+          "    left = left + 1\n"
+          "  end\n"
+          "end\n"
+          "if gone == 0 or left > 0 then return 0 end\n"
+          "local ms = now()\n"
+          "redis.call('SET', KEYS[2], ms)\n"
+          "return {ms, ARGV[1]}\n"),
+      "", 0 },
+
+    /*
+     * reroute: KEYS routes; ARGV: session, channel, user.  The route of
+     * a signed-in session, set again after a ready.  Returns {ms, user}
+     * when the user had no route (watchers were told offline: online
+     * again), else 0.
+     */
+
+    { ngx_string(
+          "#!lua\n"
+          NGX_STREAM_IM_LUA_NOW
+          "local n = redis.call('HLEN', KEYS[1])\n"
+          "      - redis.call('HEXISTS', KEYS[1], ARGV[1])\n"
+          "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
+          "if n == 0 then return {now(), ARGV[3]} end\n"
+          "return 0\n"),
+      "", 0 },
+
+    /*
+     * presence: KEYS routes and seen of each user; ARGV: the users.
+     * Returns {user, online, last seen ms, ...}: online while the user
+     * has a route.
+     */
+
+    { ngx_string(
+          "#!lua\n"
           "local out = {}\n"
-          "for _, u in ipairs(ARGV) do\n"
+          "for i, u in ipairs(ARGV) do\n"
           "  local online = 0\n"
-          "  if live('im:{u:' .. u .. '}:routes') > 0 then online = 1 end\n"
-          "  local seen = redis.call('GET', 'im:{u:' .. u .. '}:seen')\n"
+          "  if redis.call('EXISTS', KEYS[i * 2 - 1]) == 1 then\n"
+          "    online = 1\n"
+          "  end\n"
+          "  local seen = redis.call('GET', KEYS[i * 2])\n"
           "  out[#out + 1] = u\n"
           "  out[#out + 1] = online\n"
           "  out[#out + 1] = tonumber(seen or '0')\n"
@@ -300,13 +317,14 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
       "", 0 },
 
     /*
-     * range: KEYS inbox; ARGV: from, to ("-", "+" or "(<id>"), count,
+     * range: KEYS inbox; ARGV: from, to ("-", "+" or "(<cursor>"), count,
      * bytes, "1" for newest first.  Returns {more, entry, ...}: at most
      * count entries and, past the first, at most bytes of their data,
      * read a few at a time so that Redis never holds much more.
      */
 
     { ngx_string(
+          "#!lua\n"
           "local key, from, to = KEYS[1], ARGV[1], ARGV[2]\n"
           "local count, budget = tonumber(ARGV[3]), tonumber(ARGV[4])\n"
           "local rev = ARGV[5] == '1'\n"
@@ -335,100 +353,99 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
       "", 0 },
 
     /*
-     * reroute: KEYS routes; ARGV: session, channel, user.  The route of a
-     * signed-in session, set again after a ready; if none of the user's
-     * routes was alive, watchers were told offline: now online again.
-     */
-
-    { ngx_string(
-          NGX_STREAM_IM_LUA_LIVE
-          "local n = live(KEYS[1])\n"
-          "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
-          "if n == 0 then\n"
-          "  redis.call('PUBLISH', 'im:presence:' .. ARGV[3], '1 ' .. now())\n"
-          "end\n"
-          "return 1\n"),
-      "", 0 },
-
-    /*
      * revoked: KEYS revoked; ARGV: token iat in ms.  Returns 1 when the
      * user's tokens issued before then are refused.
      */
 
     { ngx_string(
+          "#!lua\n"
           "local rv = redis.call('GET', KEYS[1])\n"
           "if rv and tonumber(ARGV[1]) < tonumber(rv) then return 1 end\n"
           "return 0\n"),
       "", 0 },
 
     /*
-     * kick: KEYS routes, revoked; ARGV: user, device or "" for all, error
-     * code, reason, and for a revocation the time in ms before which the
-     * user's tokens are refused.  Each worker holding such a session
-     * gets one message on its channel:
+     * kick: KEYS routes, revoked; ARGV: device or "" for all, and for a
+     * revocation the time in ms before which the user's tokens are
+     * refused.  Returns {sessions named, channel, ...}: the worker sends
+     * each channel one message
      *
      *     x<code>\n\n<user>\n<device>\n<reason>
-     *
-     * Returns how many live sessions it named.
      */
 
     { ngx_string(
-          "if ARGV[5] ~= '' then redis.call('SET', KEYS[2], ARGV[5]) end\n"
+          "#!lua\n"
+          "if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2]) end\n"
           "local r = redis.call('HGETALL', KEYS[1])\n"
-          "local alive, out, n = {}, {}, 0\n"
+          "local out, seen, n = {0}, {}, 0\n"
           "for i = 1, #r, 2 do\n"
-          "  local ch = r[i + 1]\n"
-          "  if alive[ch] == nil then\n"
-          "    alive[ch] = redis.call('EXISTS', ch .. ':alive')\n"
-          "  end\n"
-          "  if alive[ch] == 0 then\n"
-          "    redis.call('HDEL', KEYS[1], r[i])\n"
-          "  elseif ARGV[2] == '' or\n"
-          "         string.match(r[i], ':([^:]*)$') == ARGV[2] then\n"
+          "  if ARGV[1] == '' or\n"
+          "     string.match(r[i], ':([^:]*)$') == ARGV[1] then\n"
           "    n = n + 1\n"
-          "    out[ch] = true\n"
+          "    if not seen[r[i + 1]] then\n"
+          "      seen[r[i + 1]] = true\n"
+          "      out[#out + 1] = r[i + 1]\n"
+          "    end\n"
           "  end\n"
           "end\n"
-          "for ch in pairs(out) do\n"
-          "  redis.call('PUBLISH', ch, 'x' .. ARGV[3] .. '\\n\\n' .. ARGV[1]\n"
-          "             .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[4])\n"
-          "end\n"
-          "return n\n"),
+          "out[1] = n\n"
+          "return out\n"),
       "", 0 },
 
     /*
-     * devices: ARGV: users.  Returns {user, online, last seen ms,
-     * {device, ...}, ...}: the devices of the live routes (dead ones go).
+     * devices: KEYS routes and seen of each user; ARGV: the users.
+     * Returns {user, online, last seen ms, {device, ...}, ...}.
      */
 
     { ngx_string(
-          "local out, alive = {}, {}\n"
-          "for _, u in ipairs(ARGV) do\n"
-          "  local rk = 'im:{u:' .. u .. '}:routes'\n"
-          "  local r = redis.call('HGETALL', rk)\n"
+          "#!lua\n"
+          "local out = {}\n"
+          "for i, u in ipairs(ARGV) do\n"
+          "  local r = redis.call('HKEYS', KEYS[i * 2 - 1])\n"
           "  local devices, seen = {}, {}\n"
-          "  for i = 1, #r, 2 do\n"
-          "    local ch = r[i + 1]\n"
-          "    if alive[ch] == nil then\n"
-          "      alive[ch] = redis.call('EXISTS', ch .. ':alive')\n"
-          "    end\n"
-          "    if alive[ch] == 1 then\n"
-          "      local d = string.match(r[i], ':([^:]*)$') or ''\n"
-          "      if not seen[d] then\n"
-          "        seen[d] = true\n"
-          "        devices[#devices + 1] = d\n"
-          "      end\n"
-          "    else\n"
-          "      redis.call('HDEL', rk, r[i])\n"
+          "  for _, s in ipairs(r) do\n"
+          "    local d = string.match(s, ':([^:]*)$') or ''\n"
+          "    if not seen[d] then\n"
+          "      seen[d] = true\n"
+          "      devices[#devices + 1] = d\n"
           "    end\n"
           "  end\n"
-          "  local last = redis.call('GET', 'im:{u:' .. u .. '}:seen')\n"
+          "  local last = redis.call('GET', KEYS[i * 2])\n"
           "  out[#out + 1] = u\n"
           "  out[#out + 1] = #devices > 0 and 1 or 0\n"
           "  out[#out + 1] = tonumber(last or '0')\n"
           "  out[#out + 1] = devices\n"
           "end\n"
           "return out\n"),
+      "", 0 },
+
+    /*
+     * group: KEYS members, meta; ARGV: user, "join" or "leave", max
+     * members.  Only groups an admin marked open (meta open 1) are joined
+     * by their users; anyone may leave.
+     */
+
+    { ngx_string(
+          "#!lua\n"
+          "local g, meta = KEYS[1], KEYS[2]\n"
+          "if ARGV[2] == 'leave' then\n"
+          "  if redis.call('SREM', g, ARGV[1]) == 0 then\n"
+          "    return redis.error_reply('NOT_FOUND not a member')\n"
+          "  end\n"
+          "  return 1\n"
+          "end\n"
+          "if redis.call('SISMEMBER', g, ARGV[1]) == 1 then return 1 end\n"
+          "if redis.call('HGET', meta, 'open') ~= '1' then\n"
+          "  if redis.call('EXISTS', g, meta) == 0 then\n"
+          "    return redis.error_reply('NOT_FOUND no such group')\n"
+          "  end\n"
+          "  return redis.error_reply('FORBIDDEN the group is closed')\n"
+          "end\n"
+          "if redis.call('SCARD', g) >= tonumber(ARGV[3]) then\n"
+          "  return redis.error_reply('TOO_LARGE the group is full')\n"
+          "end\n"
+          "redis.call('SADD', g, ARGV[1])\n"
+          "return 1\n"),
       "", 0 },
 
     /*
@@ -440,6 +457,7 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
      */
 
     { ngx_string(
+          "#!lua\n"
           "local g, meta, op = KEYS[1], KEYS[2], ARGV[1]\n"
           "local exists = redis.call('EXISTS', g, meta) > 0\n"
           "if op == 'put' then\n"

@@ -1908,11 +1908,13 @@ im_frame(child_t *c, sess_t *s, uint32_t i, u_char *data, size_t len)
     case IM__FRAME__BODY_MESSAGE:
         delivered(c, f->message->body.data, f->message->body.len);
 
-        if (opt.ack != ACK_NONE && f->message->msg_id != NULL) {
-            n = strlen(f->message->msg_id);
+        /* the cursor is what a device acknowledges */
+
+        if (opt.ack != ACK_NONE && f->message->cursor != NULL) {
+            n = strlen(f->message->cursor);
 
             if (n < sizeof(batch_id)) {
-                memcpy(batch_id, f->message->msg_id, n);
+                memcpy(batch_id, f->message->cursor, n);
                 batch_id_len = n;
             }
 

@@ -42,7 +42,7 @@ typedef struct {
     char          *device;
     char          *to;            /* send: the recipient; chat: the peer */
     char          *group;         /* send: the group instead */
-    char          *after;         /* history: start after this msg_id */
+    char          *after;         /* history: start after this cursor */
     char          *cmid;
     char          *user;          /* as AuthOk names us */
     int            timeout;       /* ms */
@@ -92,7 +92,7 @@ static char  *imcat_synopsis =
     "       imcat [options] send --to USER|--group GROUP "
     "[--client-msg-id ID] [TEXT...]\n"
     "       imcat [options] presence USER...\n"
-    "       imcat [options] history [--after MSG_ID] [--count N]\n"
+    "       imcat [options] history [--after CURSOR] [--count N]\n"
     "       imcat [options] ping [--count N]\n"
     "       imcat [options] [chat]\n";
 
@@ -114,18 +114,18 @@ static char  *imcat_help =
     "                         --count is not reached by then)\n"
     "      --to USER          send: the recipient\n"
     "  -g, --group GROUP      send: to the group (its members)\n"
-    "      --after MSG_ID     history: the messages after this one\n"
+    "      --after CURSOR     history: the messages after this one\n"
     "      --client-msg-id ID\n"
     "                         send: the dedup id (default random)\n"
     "  -h, --help\n"
     "\n"
-    "listen  prints each message as \"MSG_ID FROM -> TO: BODY\" and acks\n"
+    "listen  prints each message as \"CURSOR FROM -> TO: BODY\" and acks\n"
     "        it; BODY is 0x and hex unless it is printable UTF-8\n"
     "send    sends TEXT, or stdin without TEXT; prints the msg_id once\n"
     "        the server has stored the message\n"
     "presence  prints \"presence USER online|offline[, last seen MS]\"\n"
     "        for each USER, as the server knows it now\n"
-    "history prints the inbox (\"MSG_ID FROM -> TO: BODY\") page by\n"
+    "history prints the inbox (\"CURSOR FROM -> TO: BODY\") page by\n"
     "        page with Sync, without moving the device's cursor\n"
     "ping    times an application Ping; authenticates only with a token\n"
     "chat    reads stdin: \"@USER text\" sends to USER, plain text to the\n"
@@ -1291,11 +1291,16 @@ imcat_push(imcat_t *ic, Im__Frame *f)
 static void
 imcat_message(imcat_t *ic, Im__Message *m)
 {
+    char      *cursor;
     size_t     i;
     Im__Ack    ack;
     Im__Frame  f;
 
-    printf("%s %s -> %s%s: ", m->msg_id, m->from,
+    /* its place in the inbox, which --after and Ack take */
+
+    cursor = m->cursor[0] ? m->cursor : m->msg_id;
+
+    printf("%s %s -> %s%s: ", cursor, m->from,
            m->to[0] ? "" : "#", m->to[0] ? m->to : m->group);
 
     if (imcat_printable(m->body.data, m->body.len)) {
@@ -1331,7 +1336,7 @@ imcat_message(imcat_t *ic, Im__Message *m)
     im__frame__init(&f);
     im__ack__init(&ack);
 
-    ack.up_to = m->msg_id;
+    ack.up_to = cursor;
     f.body_case = IM__FRAME__BODY_ACK;
     f.ack = &ack;
 

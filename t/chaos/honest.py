@@ -326,7 +326,13 @@ class Device:
         if mid in self.first:
             return
         self.first[mid] = m
-        key = id_key(mid)
+        # inbox order is cursor order; msg_ids are not ordered across
+        # senders
+        cur = m.cursor or mid
+        if not is_msg_id(cur):
+            self.note("Message", "bad cursor %r" % cur)
+            return
+        key = id_key(cur)
         frm = sender_of(m)
         sent = pop.msgs.get(m.client_msg_id) if m.client_msg_id else None
         own = sent is not None and sent.sdev == self.key
@@ -356,7 +362,7 @@ class Device:
                 self.order_max_id = mid
         if self.cursor is None or key > self.cursor:
             self.cursor = key
-            self.cursor_id = mid
+            self.cursor_id = cur
 
     async def _ack(self, conn, force=False):
         if self.cursor is None or self.cursor == self.acked_cursor:

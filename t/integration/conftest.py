@@ -5,7 +5,9 @@ Env: IM_MODULE (the module .so), IM_BUILD (the build directory),
 IM_LOG_LEVEL (error_log level of the test nginx, default debug).
 
     pb          session: the generated im_pb2 module
-    redis       a running Redis (function scope)
+    redis       a running Redis (function scope); in the suites of
+                CLUSTER_SUITES each test runs twice, [one] with one Redis
+                and [cluster] with a one-node Redis Cluster
     nginx       factory: nginx(server_directives="", workers=1, ...) starts
                 an nginx with `im;` and `im_redis <redis>`; every nginx is
                 stopped after the test and its error.log must hold no
@@ -27,6 +29,16 @@ import imtest  # noqa: E402
 
 _servers_key = pytest.StashKey()
 
+# what must work the same on one Redis and on Redis Cluster
+CLUSTER_SUITES = {"test_messaging", "test_groups", "test_presence",
+                  "test_history", "test_reload"}
+
+
+def pytest_generate_tests(metafunc):
+    if "redis" in metafunc.fixturenames \
+            and metafunc.module.__name__ in CLUSTER_SUITES:
+        metafunc.parametrize("redis", ["one", "cluster"], indirect=True)
+
 
 def pytest_report_header(config):
     return "ngx_im module: %s" % imtest.IM_MODULE
@@ -45,10 +57,11 @@ def pb(tmp_path_factory):
 
 
 @pytest.fixture
-def redis(tmp_path, pb):
+def redis(request, tmp_path, pb):
     """A redis-server of this test only: .port, .addr, .stop(kill=),
-    .start(), .cli(*args)."""
-    r = imtest.Redis(tmp_path / "redis")
+    .start(), .cli(*args); a one-node cluster for the param "cluster"."""
+    r = imtest.Redis(tmp_path / "redis",
+                     cluster=getattr(request, "param", "one") == "cluster")
     r.start()
     yield r
     r.stop(kill=True)       # nothing of it outlives the test

@@ -10,7 +10,8 @@
     RawChat         RawClient helpers: authenticate, read frames
     TcpProxy        a loopback TCP proxy that can refuse or cut its
                     connections (a Redis that one nginx cannot reach)
-    xrange_ids()    ids of a user's inbox, straight from Redis
+    xrange_ids()    msg_ids of a user's inbox, straight from Redis
+    xrange_cursors()  its entry ids, the cursors
     first_sightings()  what a chat got from one sender, each msg_id once
     poll(), wait_for()  a condition polled until true or time is up
     StalledReader   a signed-in client that stops reading and fills its
@@ -101,20 +102,30 @@ def _resp(f):
 
 
 def xrange(redis, user):
-    """[(msg_id, stored im.Message)] of user's inbox in stream order."""
+    """[(msg_id, stored im.Message)] of user's inbox in stream order; the
+    Message's cursor is set to its entry id (an entry of before cursors
+    has no msg_id: its entry id is both)."""
     from imtest import load_pb
     out = []
     for eid, fields in redis_cmd(redis, "XRANGE", inbox_key(user), "-", "+"):
         kv = dict(zip(fields[0::2], fields[1::2]))
         m = load_pb().Message()
         m.ParseFromString(kv[b"m"])
-        out.append((eid.decode(), m))
+        m.cursor = eid.decode()
+        if not m.msg_id:
+            m.msg_id = m.cursor
+        out.append((m.msg_id, m))
     return out
 
 
 def xrange_ids(redis, user):
-    """The entry ids of user's inbox in stream order."""
-    return [eid for eid, _ in xrange(redis, user)]
+    """The msg_ids of user's inbox in stream order."""
+    return [i for i, _ in xrange(redis, user)]
+
+
+def xrange_cursors(redis, user):
+    """The entry ids (cursors) of user's inbox in stream order."""
+    return [m.cursor for _, m in xrange(redis, user)]
 
 
 def xlen(redis, user):
@@ -370,15 +381,15 @@ async def wait_for(cond, timeout, interval=0.1):
 
 def check_messages(got, expect_bodies, sender=None, to=None):
     """got (Message bodies) holds exactly expect_bodies in that order, with
-    strictly increasing msg_ids."""
+    strictly increasing cursors (inbox order)."""
     bodies = [m.body for m in got]
     assert bodies == list(expect_bodies), (
         "got %d messages %r..., expected %d %r..." % (
             len(bodies), bodies[:5], len(expect_bodies),
             list(expect_bodies)[:5]))
-    keys = [id_key(m.msg_id) for m in got]
+    keys = [id_key(m.cursor) for m in got]
     assert keys == sorted(keys) and len(set(keys)) == len(keys), \
-        [m.msg_id for m in got]
+        [m.cursor for m in got]
     for m in got:
         if sender is not None:
             assert getattr(m, "from") == sender, m

@@ -178,8 +178,9 @@ async def quiet(seconds):
 
 
 class ChannelSpy:
-    """A plain Redis connection SUBSCRIBEd to some channels; a thread
-    keeps every message as (channel, payload bytes)."""
+    """A plain Redis connection SUBSCRIBEd to some channels (SSUBSCRIBEd,
+    one by one, on a cluster: the module publishes sharded there); a
+    thread keeps every message as (channel, payload bytes)."""
 
     def __init__(self, redis, channels):
         self.channels = list(channels)
@@ -187,16 +188,22 @@ class ChannelSpy:
         self._lock = threading.Lock()
         self.sock = socket.create_connection(("127.0.0.1", redis.port),
                                              timeout=10)
-        args = ["SUBSCRIBE"] + self.channels
-        out = b"*%d\r\n" % len(args)
-        for a in args:
-            a = a.encode()
-            out += b"$%d\r\n%s\r\n" % (len(a), a)
+        sharded = getattr(redis, "cluster", False)
+        if sharded:
+            cmds = [["SSUBSCRIBE", ch] for ch in self.channels]
+        else:
+            cmds = [["SUBSCRIBE"] + self.channels]
+        out = b""
+        for args in cmds:
+            out += b"*%d\r\n" % len(args)
+            for a in args:
+                a = a.encode()
+                out += b"$%d\r\n%s\r\n" % (len(a), a)
         self.sock.sendall(out)
         self.fp = self.sock.makefile("rb")
         for _ in self.channels:
             r = _resp(self.fp)
-            assert r[0] == b"subscribe", r
+            assert r[0] == (b"ssubscribe" if sharded else b"subscribe"), r
         self.sock.settimeout(None)
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
@@ -205,7 +212,8 @@ class ChannelSpy:
         try:
             while True:
                 r = _resp(self.fp)
-                if isinstance(r, list) and r and r[0] == b"message":
+                if isinstance(r, list) and r \
+                        and r[0] in (b"message", b"smessage"):
                     with self._lock:
                         self.got.append((r[1].decode(), r[2]))
         except (OSError, ValueError, RuntimeError, IndexError):
@@ -230,10 +238,14 @@ class ChannelSpy:
 
 def parse_route_payload(payload):
     """A route channel message "<kind><msg id>\\n<origin>\\n<users>\\n<data>"
-    as (kind, msg_id, origin session, [users])."""
+    as (kind, msg_id, origin session, [users]); a stored message's users
+    come with the cursor before theirs and their own, "<user> <previous>
+    <cursor> ...", which are left out."""
     head, origin, users, _ = payload.split(b"\n", 3)
-    return (chr(head[0]), head[1:].decode(), origin.decode(),
-            users.decode().split(" "))
+    names = users.decode().split(" ")
+    if head[:1] == b"m":
+        names = names[0::3]
+    return (chr(head[0]), head[1:].decode(), origin.decode(), names)
 
 
 def wait_for(cond, timeout, what):

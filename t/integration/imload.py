@@ -288,15 +288,17 @@ class ChatClient:
             conn.wake.set()
 
     def _message(self, conn, m):
-        key = id_key(m.msg_id)
+        # inbox order is cursor order (msg_ids of two senders need not be)
+        cur = m.cursor or m.msg_id
+        key = id_key(cur)
         if conn.last_key is not None and key <= conn.last_key:
-            self.order_violations.append((conn.session, m.msg_id))
+            self.order_violations.append((conn.session, cur))
         conn.last_key = key if conn.last_key is None else max(key,
                                                               conn.last_key)
         self.raw[m.msg_id] += 1
         if self.cursor is None or key > self.cursor:
             self.cursor = key
-            self.cursor_id = m.msg_id
+            self.cursor_id = cur
         if sender_of(m) == self.user:
             self.own.add(m.msg_id)
             return

@@ -26,6 +26,7 @@ import base64
 import hashlib
 import importlib
 import os
+import random
 import re
 import select
 import shutil
@@ -181,16 +182,31 @@ def error_code(name):
 _given_ports = set()
 
 
-def free_port():
-    """An unused 127.0.0.1 TCP port (never the same twice in a run)."""
-    for _ in range(100):
+def free_port(cluster=False):
+    """An unused 127.0.0.1 TCP port (never the same twice in a run); for
+    a Redis Cluster node, one whose bus port (+10000) is free too."""
+    for _ in range(1000):
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
+            try:
+                s.bind(("127.0.0.1",
+                        random.randint(20000, 55000) if cluster else 0))
+            except OSError:
+                continue
             port = s.getsockname()[1]
-        if port not in _given_ports:
-            _given_ports.add(port)
-            return port
+        if port in _given_ports or (cluster and not _bindable(port + 10000)):
+            continue
+        _given_ports.add(port)
+        return port
     raise RuntimeError("no free port")
+
+
+def _bindable(port):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def port_open(port, host="127.0.0.1"):
@@ -268,12 +284,15 @@ class Redis:
 
     stop() (SIGTERM, or SIGKILL with kill=True) and start() again reuse
     the same port and dir, so clients can watch Redis go away and come
-    back with its append-only file."""
+    back with its append-only file.  cluster=True: a Redis Cluster of this
+    one node, which holds every slot (scripts and commands must keep to
+    one slot, as on a bigger cluster)."""
 
-    def __init__(self, dir, port=None, args=(), password=None):
+    def __init__(self, dir, port=None, args=(), password=None,
+                 cluster=False):
         self.dir = str(dir)
         os.makedirs(self.dir, exist_ok=True)
-        self.port = port or free_port()
+        self.port = port or free_port(cluster)
         self.addr = "127.0.0.1:%d" % self.port
         self.proc = None
         self.log = os.path.join(self.dir, "redis.log")
@@ -283,6 +302,7 @@ class Redis:
         self.args = [str(a) for a in args]
         # requirepass (and masterauth, for a replica of the same password)
         self.password = password
+        self.cluster = cluster
 
     def fsync_always(self):
         """appendfsync always, now and after a restart: for a test that
@@ -302,12 +322,26 @@ class Redis:
                 [REDIS_SERVER, "--port", str(self.port),
                  "--bind", "127.0.0.1", "--dir", self.dir, "--save", "",
                  "--appendonly", "yes", "--appendfsync", self.appendfsync,
-                 "--daemonize", "no"] + self._auth_args() + self.args,
+                 "--daemonize", "no"] + self._auth_args()
+                + self._cluster_args() + self.args,
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
         wait_until(self._ready, timeout, 0.02,
                    "redis-server on %s (log %s)" % (self.addr, self.log))
+        if self.cluster:
+            # the slots are in nodes.conf after the first start
+            if "cluster_slots_assigned:0" in self.cli("CLUSTER", "INFO"):
+                self.cli("CLUSTER", "ADDSLOTSRANGE", "0", "16383")
+            wait_until(lambda: "cluster_state:ok" in self.cli("CLUSTER",
+                                                              "INFO"),
+                       timeout, 0.05, "cluster state ok on %s" % self.addr)
         return self
+
+    def _cluster_args(self):
+        if not self.cluster:
+            return []
+        return ["--cluster-enabled", "yes", "--cluster-config-file",
+                "nodes.conf", "--cluster-node-timeout", "2000"]
 
     def _auth_args(self):
         if not self.password:
@@ -361,7 +395,8 @@ class Redis:
             if self.password else []
         r = subprocess.run([REDIS_CLI, "-h", "127.0.0.1", "-p",
                             str(self.port)] + auth + [str(a) for a in args],
-                           capture_output=True, text=True, timeout=timeout,
+                           capture_output=True, encoding="utf-8",
+                           errors="replace", timeout=timeout,
                            check=True)
         return r.stdout.strip()
 

@@ -419,7 +419,7 @@ def test_device_with_cursor_at_the_greatest_id_is_not_left_deaf(nginx,
         assert msgs is not None, end
         assert [m.msg_id for m in msgs] == inbox, (msgs, inbox)
         assert [m.body for m in msgs] == want
-        assert end.last == inbox[-1] and not end.more, end
+        assert end.last == msgs[-1].cursor and not end.more, end
         msgs, end, _ = await sync_page(d1, after=MAX_ID)
         assert msgs == [] and end.last == "" and not end.more, end
         await d1.ping(5)

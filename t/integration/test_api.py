@@ -451,12 +451,17 @@ def test_history_pages(nginx):
     assert (m["from"], m["to"], m["body"], m["group"]) == \
         ("s", "dave", "m4", "")
 
-    page = ok(n, "GET", "users/dave/history?limit=3&before=" + ids[4])
+    # before and after are cursors, the places in dave's inbox
+    whole = ok(n, "GET", "users/dave/history?limit=10")["messages"]
+    assert [m["msg_id"] for m in whole] == ids
+    cur = [m["cursor"] for m in whole]
+    assert len(set(cur)) == 6 and cur != ids
+    page = ok(n, "GET", "users/dave/history?limit=3&before=" + cur[4])
     assert [m["msg_id"] for m in page["messages"]] == ids[1:4]
-    page = ok(n, "GET", "users/dave/history?after=%s&limit=2" % ids[0])
+    page = ok(n, "GET", "users/dave/history?after=%s&limit=2" % cur[0])
     assert [m["msg_id"] for m in page["messages"]] == ids[1:3]
     page = ok(n, "GET", "users/dave/history?after=%s&before=%s"
-              % (ids[0], ids[3]))
+              % (cur[0], cur[3]))
     assert [m["msg_id"] for m in page["messages"]] == ids[1:3]
     assert page["more"] is False
     page = ok(n, "GET", "users/dave/history?limit=1000")
@@ -465,8 +470,8 @@ def test_history_pages(nginx):
         {"messages": [], "more": False}
 
     for q in ("limit=0", "limit=1001", "limit=x", "before=12", "after=a-b",
-              "after=%s&before=%s" % (ids[3], ids[3]),
-              "after=%s&before=%s" % (ids[3], ids[1])):
+              "after=%s&before=%s" % (cur[3], cur[3]),
+              "after=%s&before=%s" % (cur[3], cur[1])):
         err(n, "GET", "users/dave/history?" + q)
     # ranges Redis would refuse: nothing is there
     top = "18446744073709551615-18446744073709551615"

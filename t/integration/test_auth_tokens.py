@@ -114,11 +114,13 @@ def test_default_device_when_empty(nginx, redis):
         alice = await login(n, "alice")          # device ""
         ack = await bob.send_ok("alice", b"hi", cmid="c1")
         await alice.until(lambda: alice.live_messages(), 10, "the message")
-        await alice.ack(alice.live_messages()[0].msg_id)
+        seen = alice.live_messages()[0]
+        assert seen.msg_id == ack.msg_id
+        await alice.ack(seen.cursor)
         wait_until(lambda: redis_cmd(redis, "HGET", cursor_key("alice"),
                                      "default"), 10, what="cursor of default")
         cur = redis_cmd(redis, "HGETALL", cursor_key("alice"))
-        assert cur == [b"default", ack.msg_id.encode()], cur
+        assert cur == [b"default", seen.cursor.encode()], cur
 
         # device "default" named explicitly is the same device: its cursor
         # is past the message, so nothing is replayed to it

@@ -14,12 +14,16 @@ import pytest
 
 from imtest import body, run, wait_until
 from imchat import (close_all, cursor_key, login, login_on, redis_cmd,
-                    xlen, xrange, xrange_ids)
+                    xlen, xrange, xrange_cursors, xrange_ids)
 from imgroup import (expect_error, ids_of, make_group, place, quiet,
                      send_group, send_group_ok, sender, sync_page)
 
 
 MAX_ID = "18446744073709551615-18446744073709551615"
+
+
+def curs_of(msgs):
+    return [m.cursor for m in msgs]
 
 
 def after_newest(msg_id):
@@ -71,8 +75,8 @@ def test_history_pages_forward_and_backward(nginx, redis):
         bob = await login_on(n, "bob", avoid={alice.pid})
         await bob.until(lambda: len(bob.live_messages()) >= 25, 10,
                         "bob's replay")
-        inbox = xrange_ids(redis, "bob")
-        assert inbox == sent
+        assert xrange_ids(redis, "bob") == sent
+        inbox = xrange_cursors(redis, "bob")
         bodies = [b"h%d" % i for i in range(25)]
 
         # forward, oldest first: 10, 10, 5
@@ -81,7 +85,7 @@ def test_history_pages_forward_and_backward(nginx, redis):
         assert [d.more for _, d in fw] == [True, True, False]
         assert [d.last for _, d in fw] == [inbox[9], inbox[19], inbox[24]]
         flat = [m for ms, _ in fw for m in ms]
-        assert ids_of(flat) == inbox
+        assert curs_of(flat) == inbox
         assert [m.body for m in flat] == bodies
         assert all(sender(m) == "alice" and m.to == "bob" for m in flat)
 
@@ -92,23 +96,23 @@ def test_history_pages_forward_and_backward(nginx, redis):
         assert [d.more for _, d in bw] == [True, True, False]
         assert [d.last for _, d in bw] == [inbox[15], inbox[5], inbox[0]]
         flat = [m for ms, _ in bw for m in ms]
-        assert ids_of(flat) == inbox[::-1]
+        assert curs_of(flat) == inbox[::-1]
         assert [m.body for m in flat] == bodies[::-1]
 
         # scroll-back from a message the client has: what is before it
         bw = await pages(bob, 10, before=inbox[-1], backward=True)
         assert [len(m) for m, _ in bw] == [10, 10, 4]
-        assert ids_of([m for ms, _ in bw for m in ms]) == inbox[-2::-1]
+        assert curs_of([m for ms, _ in bw for m in ms]) == inbox[-2::-1]
         # ... and from the top of the id space
         msgs, done, _ = await sync_page(bob, before=MAX_ID, limit=3)
-        assert ids_of(msgs) == inbox[:-4:-1], done
+        assert curs_of(msgs) == inbox[:-4:-1], done
         assert (done.last, done.more) == (inbox[-3], True)
 
         # a page ending exactly at the end says no more, both ways
         msgs, done, _ = await sync_page(bob, after=inbox[14], limit=10)
-        assert ids_of(msgs) == inbox[15:] and done.more is False
+        assert curs_of(msgs) == inbox[15:] and done.more is False
         msgs, done, _ = await sync_page(bob, before=inbox[10], limit=10)
-        assert ids_of(msgs) == inbox[9::-1] and done.more is False
+        assert curs_of(msgs) == inbox[9::-1] and done.more is False
         # nothing beyond either end
         msgs, done, _ = await sync_page(bob, after=inbox[-1], limit=10)
         assert (msgs, done.last, done.more) == ([], "", False)
@@ -128,20 +132,21 @@ def test_history_between_after_and_before(nginx, redis):
 
     async def go():
         alice = await login(n, "alice")
-        inbox = await fill(alice, "bob", 25)
+        await fill(alice, "bob", 25)
+        inbox = xrange_cursors(redis, "bob")
         bob = await login(n, "bob")
 
         # the range between, exclusive, oldest first
         msgs, done, _ = await sync_page(bob, after=inbox[4],
                                         before=inbox[15], limit=100)
-        assert ids_of(msgs) == inbox[5:15]
+        assert curs_of(msgs) == inbox[5:15]
         assert (done.last, done.more) == (inbox[14], False)
 
         # paged with a limit: forward through the range
         pg = await pages(bob, 4, after=inbox[4], before=inbox[15])
         assert [len(m) for m, _ in pg] == [4, 4, 2]
         assert [d.more for _, d in pg] == [True, True, False]
-        assert ids_of([m for ms, _ in pg for m in ms]) == inbox[5:15]
+        assert curs_of([m for ms, _ in pg for m in ms]) == inbox[5:15]
 
         # empty ranges: neighbours, equal bounds, bounds the wrong way
         for a, b in ((inbox[10], inbox[11]), (inbox[10], inbox[10]),
@@ -171,7 +176,8 @@ def test_history_at_the_ends_of_the_id_space(nginx, redis):
 
     async def go():
         alice = await login(n, "alice")
-        inbox = await fill(alice, "bob", 3)
+        await fill(alice, "bob", 3)
+        inbox = xrange_cursors(redis, "bob")
         bob = await login(n, "bob")
         cases = [
             ({"after": "0-0"}, inbox),
@@ -186,7 +192,7 @@ def test_history_at_the_ends_of_the_id_space(nginx, redis):
             if msgs is None:
                 bad.append((kw, "%s" % done.error))
                 continue
-            assert ids_of(msgs) == want, kw
+            assert curs_of(msgs) == want, kw
             assert done.more is False, kw
         assert not bad, "Sync at the ends of the id space refused: %s" % bad
         await close_all([alice, bob])
@@ -200,7 +206,8 @@ def test_sync_limit_is_capped_at_1000(nginx, redis):
 
     async def go():
         alice = await login(n, "alice")
-        inbox = await fill(alice, "bob", total)
+        await fill(alice, "bob", total)
+        inbox = xrange_cursors(redis, "bob")
         assert xlen(redis, "bob") == total
         bob = await login(n, "bob")
         await bob.until(lambda: len(bob.live_messages()) >= total, 30,
@@ -208,14 +215,14 @@ def test_sync_limit_is_capped_at_1000(nginx, redis):
 
         for limit in (0, 1001, 5000, 2 ** 32 - 1):
             msgs, done, _ = await sync_page(bob, limit=limit, timeout=20)
-            assert ids_of(msgs) == inbox[:1000], limit
+            assert curs_of(msgs) == inbox[:1000], limit
             assert (done.last, done.more) == (inbox[999], True), limit
         msgs, done, _ = await sync_page(bob, after=inbox[999], limit=5000)
-        assert ids_of(msgs) == inbox[1000:] and done.more is False
+        assert curs_of(msgs) == inbox[1000:] and done.more is False
 
         msgs, done, _ = await sync_page(bob, before=MAX_ID, limit=5000,
                                         timeout=20)
-        assert ids_of(msgs) == inbox[:4:-1]
+        assert curs_of(msgs) == inbox[:4:-1]
         assert (done.last, done.more) == (inbox[5], True)
         msgs, done, _ = await sync_page(bob, limit=1000)
         assert len(msgs) == 1000 and done.more is True
@@ -239,8 +246,8 @@ def test_history_is_bounded_by_im_inbox_max(nginx, redis):
         for user in ("alice", "bob"):
             k = xlen(redis, user)
             assert 10 <= k < 20, (user, k)
-        kept = xrange_ids(redis, "bob")
-        assert kept == sent[-len(kept):]
+        kept = xrange_cursors(redis, "bob")
+        assert xrange_ids(redis, "bob") == sent[-len(kept):]
         assert [m.body for _, m in xrange(redis, "bob")] == [
             b"h%d" % i for i in range(60 - len(kept), 60)]
 
@@ -248,20 +255,20 @@ def test_history_is_bounded_by_im_inbox_max(nginx, redis):
         await bob.until(lambda: len(bob.live_messages()) >= len(kept), 10,
                         "bob's replay")
         await quiet(0.3)
-        assert ids_of(bob.live_messages()) == kept
+        assert curs_of(bob.live_messages()) == kept
 
         fw = await pages(bob, 4)
-        assert ids_of([m for ms, _ in fw for m in ms]) == kept
+        assert curs_of([m for ms, _ in fw for m in ms]) == kept
         assert fw[-1][1].more is False
-        bw = await pages(bob, 4, before=after_newest(sent[-1]),
+        bw = await pages(bob, 4, before=after_newest(kept[-1]),
                          backward=True)
-        assert ids_of([m for ms, _ in bw for m in ms]) == kept[::-1]
+        assert curs_of([m for ms, _ in bw for m in ms]) == kept[::-1]
         assert bw[-1][1].more is False
         # after a trimmed id: whatever is kept after it
-        msgs, done, _ = await sync_page(bob, after=sent[0], limit=100)
-        assert ids_of(msgs) == kept and done.more is False
+        msgs, done, _ = await sync_page(bob, after="0-1", limit=100)
+        assert curs_of(msgs) == kept and done.more is False
         # before a trimmed id: nothing is left there
-        msgs, done, _ = await sync_page(bob, before=sent[1], limit=100)
+        msgs, done, _ = await sync_page(bob, before="0-1", limit=100)
         assert (msgs, done.more) == ([], False)
 
         # a group's messages are trimmed in each member's inbox
@@ -294,9 +301,11 @@ def test_read_receipt_reaches_an_offline_device_on_login(nginx, redis):
             ("bob", "tablet", w3)])
         hi = await b_phone.send_ok("alice", b"hi alice", cmid="b1")
         await laptop.until(lambda: laptop.live_messages(), 10, "bob's hi")
-        await laptop.ack(hi.msg_id)
+        seen = laptop.live_messages()[-1]
+        assert seen.msg_id == hi.msg_id
+        await laptop.ack(seen.cursor)
         wait_until(lambda: redis_cmd(redis, "HGET", cursor_key("alice"),
-                                     "laptop") == hi.msg_id.encode(),
+                                     "laptop") == seen.cursor.encode(),
                    10, what="the laptop's cursor")
         await laptop.close()
 

@@ -5,7 +5,7 @@ these are the commands a person types there."""
 import os
 import subprocess
 
-from imchat import cursor_key, login, redis_cmd, xrange_ids
+from imchat import cursor_key, login, redis_cmd, xrange_cursors, xrange_ids
 from imgroup import make_group
 from imtest import IM_BUILD, run
 
@@ -66,7 +66,7 @@ def test_history_pages_without_moving_the_cursor(nginx, redis):
     for i in range(30):
         rc, out, err = imcat(n, "alice", "send", "--to", "bob", "m%02d" % i)
         assert rc == 0, err
-    ids = xrange_ids(redis, "bob")
+    ids = xrange_cursors(redis, "bob")
     rc, out, err = imcat(n, "bob", "history")
     assert rc == 0, err
     assert [line.split(" ", 1)[0] for line in out] == ids, out

@@ -257,14 +257,14 @@ def test_64_characters_in_every_id_at_once(nginx, redis):
         assert [i for i, _ in xrange(redis, R64)] == [ack.msg_id,
                                                       gack.msg_id]
 
-        await r.ack(gack.msg_id)
+        await r.ack(g.cursor)
         for _ in range(100):
             if redis_cmd(redis, "HGET", cursor_key(R64), D64) \
-                    == gack.msg_id.encode():
+                    == g.cursor.encode():
                 break
             await r.ping()
         assert redis_cmd(redis, "HGET", cursor_key(R64), D64) \
-            == gack.msg_id.encode()
+            == g.cursor.encode()
         msgs, done, _ = await sync_page(r)
         assert [x.msg_id for x in msgs] == [ack.msg_id, gack.msg_id]
 

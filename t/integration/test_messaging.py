@@ -11,7 +11,8 @@ import pytest
 from imtest import body, error_code, free_port, run, wait_until
 from imchat import (RawChat, check_messages, close_all, cursor_key, id_key,
                     login, login_on, next_id, redis_cmd, routes_key,
-                    session_pid, xlen, xrange, xrange_ids)
+                    session_pid, xlen, xrange, xrange_cursors,
+                    xrange_ids)
 
 
 def sender(m):
@@ -77,12 +78,13 @@ def test_two_workers_exchange_messages(nginx, redis):
                        sender="bob", to="alice")
         assert {m.type for m in got} == {"img"}
 
-        # the ids the recipients saw are their inboxes' ids
-        assert ids_of(bob.live_messages()) == [
-            i for i, m in xrange(redis, "bob") if sender(m) == "alice"]
-        # SendAck.msg_id is the id in the sender's own inbox
-        assert [a.msg_id for a in acks] == [
-            i for i, m in xrange(redis, "alice") if sender(m) == "alice"]
+        # the cursors the recipients saw are their inboxes' entry ids, and
+        # each entry holds the message's one msg_id, the sender's too
+        assert [m.cursor for m in bob.live_messages()] == [
+            m.cursor for _, m in xrange(redis, "bob") if sender(m) == "alice"]
+        for user in ("bob", "alice"):
+            assert [m.msg_id for _, m in xrange(redis, user)
+                    if sender(m) == "alice"] == [a.msg_id for a in acks]
         await close_all([alice, bob])
 
     run(go())
@@ -219,9 +221,9 @@ def test_cursor_per_device(nginx, redis):
         assert len(tablet.live_messages()) == 11
 
         # the client may move its cursor anywhere, even backwards
-        await tablet.ack(got[1].msg_id)
+        await tablet.ack(got[1].cursor)
         wait_until(lambda: redis_cmd(redis, "HGET", cursor_key("bob"),
-                                     "tablet") == got[1].msg_id.encode(),
+                                     "tablet") == got[1].cursor.encode(),
                    10, what="the cursor of bob/tablet")
         await tablet.close()
         tablet = await login(n, "bob", device="tablet")
@@ -429,7 +431,7 @@ def test_sync_paging(nginx, redis):
         bob = await login(n, "bob")
         await bob.until(lambda: len(bob.live_messages()) >= 12, 10,
                         "the replay")
-        inbox = xrange_ids(redis, "bob")
+        inbox = xrange_cursors(redis, "bob")
         assert len(inbox) == 12
 
         pages, after = [], ""
@@ -454,7 +456,7 @@ def test_sync_paging(nginx, redis):
         assert [d.more for _, d in pages] == [True, True, False]
         assert [d.last for _, d in pages] == [inbox[4], inbox[9], inbox[11]]
         flat = [m for p, _ in pages for m in p]
-        assert ids_of(flat) == inbox
+        assert [m.cursor for m in flat] == inbox
         check_messages(flat, [b"s%d" % i for i in range(12)],
                        sender="alice", to="bob")
 
@@ -466,7 +468,7 @@ def test_sync_paging(nginx, redis):
         await bob.post(id=id, sync={})
         await bob.until(lambda: [f for f in bob.by_id.get(id, [])
                                  if body(f) == "sync_done"], 10, "SyncDone")
-        assert ids_of(bob.messages(id)) == inbox
+        assert [m.cursor for m in bob.messages(id)] == inbox
         assert bob.by_id[id][-1].sync_done.more is False
 
         # a page that ends exactly at the end says no more
@@ -474,7 +476,7 @@ def test_sync_paging(nginx, redis):
         await bob.post(id=id, sync={"after": inbox[5], "limit": 6})
         await bob.until(lambda: [f for f in bob.by_id.get(id, [])
                                  if body(f) == "sync_done"], 10, "SyncDone")
-        assert ids_of(bob.messages(id)) == inbox[6:]
+        assert [m.cursor for m in bob.messages(id)] == inbox[6:]
         assert bob.by_id[id][-1].sync_done.more is False
 
         # Sync answers do not disturb the live stream: still 12 pushes

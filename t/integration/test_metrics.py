@@ -440,7 +440,7 @@ def test_counters_move_by_what_two_users_did(nginx, redis):
         await bob.until(lambda: typings(bob), 10, "alice typing")
         await presence_sub(alice, ["bob"])
         expect_error(await join(alice, "nosuchgroup"), "NOT_FOUND")
-        await bob.ack(first_sightings(bob, "alice")[-1])
+        await bob.ack(first_sightings(bob, "alice", "cursor")[-1])
 
         # the Ack has no reply: it is in once the counter says so
         def acked():

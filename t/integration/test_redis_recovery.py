@@ -734,3 +734,54 @@ def test_worker_cut_off_at_shutdown_timeout_takes_its_routes_along(nginx,
             await swarm.close()
 
     run(go(), timeout=90)
+
+
+# --------------------------------------------------------------------------
+# 9. publishes out of the order stored
+
+def test_live_messages_published_out_of_order_come_in_inbox_order(
+        nginx, redis, fproxy):
+    """Workers publish what they stored themselves, so two stores into
+    one inbox may be published in the other order: alice's node A talks
+    to Redis through a proxy that holds its replies for 0.5 s, so A
+    publishes her message well after carol's, stored after it, went out
+    from node B.  bob (on B, connected throughout) gets carol's message
+    first, sees from its previous cursor that he lacks one, and replays:
+    he gets both in inbox order, each once.  (Before the previous cursor
+    was published with each message, bob took carol's live, and alice's,
+    coming late with a lower cursor, was skipped: lost for the session.)
+    """
+    na = nginx(workers=1, redis_addr=fproxy.addr)
+    nb = nginx(workers=1)
+    na.wait_log(UP, RECOVERY)
+
+    async def go():
+        alice = await login(na, "alice")
+        carol = await login(nb, "carol")
+        bob = await login(nb, "bob")
+        await alice.send_ok("bob", b"warm", cmid="w0")
+        await bob.until(lambda: first_sightings(bob, "alice"), 10, "warm")
+
+        for round in range(3):
+            fproxy.delay("cmd", 0.5)
+            late = asyncio.ensure_future(alice.send_ok(
+                "bob", b"alice %d" % round, cmid="a%d" % round))
+            # alice's message is stored, its reply (and publish) held
+            await wait_for(lambda: len(xrange(redis, "bob"))
+                           == 2 + 2 * round, 5, 0.01)
+            await carol.send_ok("bob", b"carol %d" % round,
+                                cmid="c%d" % round)
+            await late
+            fproxy.delay("cmd", 0)
+
+        inbox = [m.body for _, m in xrange(redis, "bob")]
+        await bob.until(lambda: len(bob.live_messages()) >= len(inbox), 10,
+                        "every message at bob")
+        await asyncio.sleep(0.7)
+        got = [m.body for m in bob.live_messages()]
+        assert got == inbox, (got, inbox)
+        cursors = [id_key(m.cursor) for m in bob.live_messages()]
+        assert cursors == sorted(cursors)
+        await close_all([alice, carol, bob])
+
+    run(go(), timeout=60)

@@ -1279,7 +1279,7 @@ test_splice(void)
     size_t        plen, n, h, i;
     uint32_t      id;
     uint64_t      len, ts;
-    ngx_str_t     msg_id, part;
+    ngx_str_t     msg_id, part, cursor;
     Im__Frame    *d;
     ngx_uint_t    k;
     Im__Message   m = IM__MESSAGE__INIT;
@@ -1307,6 +1307,9 @@ test_splice(void)
     msg_id.data = (u_char *) "1700000000123-42";
     msg_id.len = sizeof("1700000000123-42") - 1;
 
+    cursor.data = (u_char *) "1700000000999-3";
+    cursor.len = sizeof("1700000000999-3") - 1;
+
     for (k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
         id = cases[k].id;
         ts = cases[k].ts;
@@ -1324,14 +1327,15 @@ test_splice(void)
         part.data = partial;
         part.len = plen;
 
-        n = ngx_stream_im_message_size(id, &msg_id, ts, &part);
+        n = ngx_stream_im_message_size(id, &msg_id, ts, &cursor, &part);
 
         buf = malloc(NGX_STREAM_IM_WS_HEADER_MAX + n);
         if (buf == NULL) {
             abort();
         }
 
-        end = ngx_stream_im_message_write(buf, id, &msg_id, ts, &part);
+        end = ngx_stream_im_message_write(buf, id, &msg_id, ts, &cursor,
+                                          &part);
 
         check(buf[0] == 0x82);
 
@@ -1369,6 +1373,8 @@ test_splice(void)
         check(d->body_case == IM__FRAME__BODY_MESSAGE);
         check(test_streq(d->message->msg_id, "1700000000123-42"));
         check(d->message->ts_ms == ts);
+        check(test_streq(d->message->cursor, "1700000000999-3"));
+        check(ngx_stream_im_entry_has_id(&part) == NGX_DECLINED);
         check(test_streq(d->message->from, "alice"));
         check(test_streq(d->message->to, "bob"));
         check(test_streq(d->message->group, "g1"));
@@ -1378,6 +1384,126 @@ test_splice(void)
 
         free(buf);
         free(partial);
+    }
+}
+
+
+/*
+ * A stored entry with its msg_id and ts_ms in front (ngx_stream_im_
+ * entry_head) gets only the cursor written after it.
+ */
+
+static void
+test_entry(void)
+{
+    u_char       *entry, *buf, *p, *end;
+    size_t        tlen, n, h;
+    uint64_t      ts;
+    ngx_str_t     msg_id, cursor, none, part;
+    Im__Frame    *d;
+    ngx_uint_t    k;
+    Im__Message   m = IM__MESSAGE__INIT;
+
+    static size_t  bodies[] = { 0, 1, 127, 128, 70000 };
+
+    m.from = "alice";
+    m.to = "bob";
+    m.type = "read";
+    m.body.data = test_body;
+
+    msg_id.data = (u_char *) "1800000000000-1638400042";
+    msg_id.len = sizeof("1800000000000-1638400042") - 1;
+    cursor.data = (u_char *) "1800000000002-0";
+    cursor.len = sizeof("1800000000002-0") - 1;
+    ngx_str_null(&none);
+    ts = 1800000000000ULL;
+
+    for (k = 0; k < sizeof(bodies) / sizeof(bodies[0]); k++) {
+        m.body.len = bodies[k];
+
+        tlen = im__message__get_packed_size(&m);
+
+        entry = malloc(tlen + msg_id.len + 2 + 2 * 10);
+        if (entry == NULL) {
+            abort();
+        }
+
+        p = ngx_stream_im_entry_head(entry, &msg_id, ts);
+        p += im__message__pack(&m, p);
+
+        part.data = entry;
+        part.len = p - entry;
+
+        check(ngx_stream_im_entry_has_id(&part) == NGX_OK);
+
+        n = ngx_stream_im_message_size(7, &none, 0, &cursor, &part);
+
+        buf = malloc(NGX_STREAM_IM_WS_HEADER_MAX + n);
+        if (buf == NULL) {
+            abort();
+        }
+
+        end = ngx_stream_im_message_write(buf, 7, &none, 0, &cursor, &part);
+
+        h = (n < 126) ? 2 : (n <= 0xffff) ? 4 : 10;
+
+        check(end == buf + h + n);
+
+        d = test_decode(buf + h, n);
+
+        check(d != NULL);
+
+        if (d) {
+            check(d->id == 7);
+            check(test_streq(d->message->msg_id, "1800000000000-1638400042"));
+            check(d->message->ts_ms == ts);
+            check(test_streq(d->message->cursor, "1800000000002-0"));
+            check(test_streq(d->message->from, "alice"));
+            check(test_streq(d->message->type, "read"));
+            check(test_bin(&d->message->body, &m.body));
+        }
+
+        free(buf);
+        free(entry);
+    }
+
+    part.len = 0;
+    check(ngx_stream_im_entry_has_id(&part) == NGX_DECLINED);
+}
+
+
+/* the slots Redis Cluster gives (CLUSTER KEYSLOT) */
+
+static void
+test_slot(void)
+{
+    ngx_uint_t  i;
+
+    static struct {
+        char        *key;
+        ngx_uint_t   slot;
+    } cases[] = {
+        { "foo", 12182 },
+        { "bar", 5061 },
+        { "{user1000}.following", 3443 },
+        { "im:{u:alice}:inbox", 5797 },
+        { "u:alice", 5797 },
+        { "{}x", 10595 },
+        { "a{}b{c}", 7353 },
+        { "{{a}}", 10276 },
+        { "abc{", 3048 },
+        { "", 0 },
+        { "123456789", 12739 }
+    };
+
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        if (ngx_stream_im_slot((u_char *) cases[i].key,
+                               strlen(cases[i].key))
+            != cases[i].slot)
+        {
+            fprintf(stderr, "    slot of \"%s\"\n", cases[i].key);
+            check(0);
+        }
     }
 }
 
@@ -1498,6 +1624,8 @@ main(void)
     test_reset();
     test_fuzz();
     test_splice();
+    test_entry();
+    test_slot();
     test_msg_id();
     test_canonical();
     test_unaligned();

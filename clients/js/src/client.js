@@ -1,8 +1,9 @@
 // ImClient: one signed-in user on one device, over one WebSocket at a time.
 //
 // What it keeps across connections: the outbox (sends not yet stored), the
-// requests not yet answered, the users it watches, and the id of the last
-// inbox message it delivered, which is how it drops what a replay repeats.
+// requests not yet answered, the users it watches, and the cursor of the
+// last inbox message it delivered, which is how it drops what a replay
+// repeats.
 // Everything it holds is bounded (maxQueue, OWN_IDS).
 //
 // Each connection is an object of its own; a callback of a socket, a timer
@@ -69,8 +70,8 @@ export class ImClient extends Emitter {
     #queue = [];            // requests not answered, oldest first
     #watched = new Set();   // users of presence.subscribe()
 
-    #lastDelivered = "";    // the last inbox message passed to "message"
-    #ownIds = new Set();    // msg_ids of our stored sends after it
+    #lastDelivered = "";    // the cursor of the last inbox message passed on
+    #ownIds = new Set();    // msg_ids of our stored sends not seen since
     #seenSends = new Set(); // "from\ncmid" of the last messages emitted
 
     #connectWaiters = [];
@@ -467,6 +468,9 @@ export class ImClient extends Emitter {
             return;
         case "message":
             checkId(f.message.msgId);
+            if (f.message.cursor) {
+                checkId(f.message.cursor);
+            }
             if (f.id === 0) {
                 this.#pushed(c, f.message);
             } else {
@@ -673,27 +677,21 @@ export class ImClient extends Emitter {
         this.#lost(c, err.message);
     }
 
-    // a live or replayed message: once, in inbox order, then an Ack
+    // A live or replayed message: once, in inbox order (by cursor; an old
+    // server's messages have none: their msg_id is it), then an Ack.
     #pushed(c, m) {
-        const id = m.msgId;
-        if (compareMsgId(id, this.#lastDelivered) > 0) {
-            this.#lastDelivered = id;
-            if (this.#ownIds.delete(id)) {
+        const cursor = m.cursor || m.msgId;
+        if (compareMsgId(cursor, this.#lastDelivered) > 0) {
+            this.#lastDelivered = cursor;
+            if (this.#ownIds.delete(m.msgId)) {
                 // our own send, already resolved
             } else if (m.type === "read") {
                 this.emit("receipt", {
-                    msgId: id, from: m.from, to: m.to, group: m.group,
-                    upTo: UTF8.decode(m.body), tsMs: m.tsMs,
+                    msgId: m.msgId, cursor, from: m.from, to: m.to,
+                    group: m.group, upTo: UTF8.decode(m.body), tsMs: m.tsMs,
                 });
             } else if (this.#firstCopy(m)) {
                 this.emit("message", message(m));
-            }
-            // our ids come in the order stored: the passed ones first
-            for (const own of this.#ownIds) {
-                if (compareMsgId(own, id) > 0) {
-                    break;
-                }
-                this.#ownIds.delete(own);
             }
         }
         if (c.ackTimer === null || c.ackTimer === undefined) {
@@ -729,9 +727,6 @@ export class ImClient extends Emitter {
     }
 
     #stored(msgId) {
-        if (compareMsgId(msgId, this.#lastDelivered) <= 0) {
-            return;
-        }
         if (this.#ownIds.size >= OWN_IDS) {
             this.#ownIds.delete(this.#ownIds.values().next().value);
         }
@@ -921,8 +916,8 @@ export class ImClient extends Emitter {
 
 function message(m) {
     return {
-        msgId: m.msgId, from: m.from, to: m.to, group: m.group,
-        body: m.body, text: UTF8.decode(m.body), tsMs: m.tsMs,
+        msgId: m.msgId, cursor: m.cursor || m.msgId, from: m.from, to: m.to,
+        group: m.group, body: m.body, text: UTF8.decode(m.body), tsMs: m.tsMs,
         clientMsgId: m.clientMsgId, type: m.type,
     };
 }

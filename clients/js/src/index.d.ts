@@ -56,6 +56,8 @@ export interface SendAck {
 
 export interface Message {
     msgId: string;
+    /** where it is in this user's inbox: what Sync's after/before take */
+    cursor: string;
     from: string;
     to: string;
     group: string;
@@ -69,6 +71,8 @@ export interface Message {
 
 export interface Receipt {
     msgId: string;
+    /** the receipt's place in this user's inbox */
+    cursor: string;
     from: string;
     to: string;
     group: string;

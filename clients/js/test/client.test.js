@@ -144,7 +144,11 @@ test("history pages back through the inbox, newest first", async () => {
     }
     assert.deepEqual(seen, [...ids].reverse());
 
-    const fwd = await h.sync({ after: ids[19], limit: 100 });
+    // Sync pages by cursor, the place in this inbox
+    const all = await h.sync({ limit: 100 });
+    assert.deepEqual(all.messages.map((m) => m.msgId), ids);
+    assert.equal(all.last, all.messages[24].cursor);
+    const fwd = await h.sync({ after: all.messages[19].cursor, limit: 100 });
     assert.deepEqual(fwd.messages.map((m) => m.text),
         ["m20", "m21", "m22", "m23", "m24"]);
     assert.equal(fwd.more, false);
