@@ -66,6 +66,7 @@ typedef struct {
     ngx_str_t                     *args;       /* kick: device, code, reason;
                                                   presence: the users */
     ngx_stream_im_batched_t       *batches;    /* presence: users by batch */
+    ngx_str_t                     *keys;       /* presence: of a call */
     ngx_uint_t                     nargs;
     ngx_uint_t                     next;       /* presence: the next batch */
     json_t                        *result;     /* presence: so far */
@@ -1005,9 +1006,10 @@ ngx_http_im_presence_run(ngx_http_request_t *r, ngx_http_im_api_ctx_t *ctx)
     /* one call per batch of users (a slot on a cluster), one by one */
 
     ctx->batches = ngx_palloc(r->pool, n * sizeof(ngx_stream_im_batched_t));
+    ctx->keys = ngx_palloc(r->pool, 3 * n * sizeof(ngx_str_t));
     ctx->result = json_object();
 
-    if (ctx->batches == NULL || ctx->result == NULL) {
+    if (ctx->batches == NULL || ctx->keys == NULL || ctx->result == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -1039,11 +1041,9 @@ ngx_http_im_presence_next(ngx_http_request_t *r, ngx_http_im_api_ctx_t *ctx)
 
     b = ctx->batches;
 
-    keys = ngx_palloc(r->pool, 3 * ctx->nargs * sizeof(ngx_str_t));
-    if (keys == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
+    /* one array for every batch: what a call takes is copied out */
 
+    keys = ctx->keys;
     args = keys + 2 * ctx->nargs;
 
     for (i = ctx->next, k = 0;

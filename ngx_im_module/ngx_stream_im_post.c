@@ -37,6 +37,7 @@
 #define NGX_STREAM_IM_POST_BATCH     256
 #define NGX_STREAM_IM_POST_MAX       65536
 #define NGX_STREAM_IM_TYPING_MAX     "1000"
+#define NGX_STREAM_IM_TYPING_FLIGHT  4096
 #define NGX_STREAM_IM_PENDING        5000
 #define NGX_STREAM_IM_PENDING_POLL   20
 
@@ -111,6 +112,7 @@ static void ngx_stream_im_post_stored(ngx_stream_im_ref_t *ref,
     redisReply *r);
 static void ngx_stream_im_post_routed(ngx_stream_im_ref_t *ref,
     redisReply *r);
+static ngx_uint_t ngx_stream_im_post_refusals(redisReply *cursors);
 static void ngx_stream_im_post_own(ngx_stream_im_send_t *s,
     redisReply *cursors, ngx_uint_t start);
 static ngx_int_t ngx_stream_im_post_collect(ngx_stream_im_send_t *s,
@@ -124,6 +126,7 @@ static int ngx_libc_cdecl ngx_stream_im_batch_cmp(const void *a,
     const void *b);
 
 
+static ngx_uint_t                  ngx_stream_im_typings;
 static ngx_stream_im_send_slot_t  *ngx_stream_im_sends;
 static ngx_uint_t                  ngx_stream_im_nsends;
 static uint32_t                    ngx_stream_im_send_free = UINT32_MAX;
@@ -274,7 +277,11 @@ ngx_stream_im_post_typing(ngx_str_t *sender, ngx_str_t *to,
 {
     ngx_stream_im_send_t  *s;
 
-    if (!ngx_stream_im_redis_up()) {
+    /* ephemeral: a flood of typing never crowds sends out */
+
+    if (!ngx_stream_im_redis_up()
+        || ngx_stream_im_typings >= NGX_STREAM_IM_TYPING_FLIGHT)
+    {
         return;
     }
 
@@ -284,6 +291,7 @@ ngx_stream_im_post_typing(ngx_str_t *sender, ngx_str_t *to,
     }
 
     s->typing = 1;
+    ngx_stream_im_typings++;
     s->group_max = group_max;
 
     s->sender.data = ngx_pstrdup(s->pool, sender);
@@ -924,7 +932,11 @@ ngx_stream_im_post_stored(ngx_stream_im_ref_t *ref, redisReply *r)
     } else {
         ngx_stream_im_post_own(s, r->element[0], ref->arg);
 
-        if (ngx_stream_im_post_collect(s, r, 1) != NGX_OK) {
+        /* what was stored goes out live, an inbox that refused or not */
+
+        if (ngx_stream_im_post_collect(s, r, 1) != NGX_OK
+            || ngx_stream_im_post_refusals(r->element[0]))
+        {
             s->failed = 1;
         }
     }
@@ -1014,6 +1026,27 @@ ngx_stream_im_post_routed(ngx_stream_im_ref_t *ref, redisReply *r)
         ngx_stream_im_post_publish(s);
         ngx_stream_im_post_finish(s, NGX_OK);
     }
+}
+
+
+/* an inbox of the batch refused the entry: its cursor is "" */
+
+static ngx_uint_t
+ngx_stream_im_post_refusals(redisReply *cursors)
+{
+    size_t  j;
+
+    for (j = 0; j < cursors->elements; j++) {
+        if (cursors->element[j]->type != REDIS_REPLY_STRING
+            || cursors->element[j]->len == 0)
+        {
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                          "redis refused to store a message in an inbox");
+            return 1;
+        }
+    }
+
+    return 0;
 }
 
 
@@ -1301,6 +1334,10 @@ ngx_stream_im_post_finish(ngx_stream_im_send_t *s, ngx_int_t rc)
 {
     if (s->again.timer_set) {
         ngx_del_timer(&s->again);
+    }
+
+    if (s->typing) {
+        ngx_stream_im_typings--;
     }
 
     ngx_stream_im_sends[s->slot].send = NULL;

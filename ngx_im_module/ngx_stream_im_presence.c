@@ -22,6 +22,7 @@
 
 #define NGX_STREAM_IM_PRESENCE_COALESCE  1000
 #define NGX_STREAM_IM_PRESENCE_BATCH     128
+#define NGX_STREAM_IM_PRESENCE_FIRST     0x80000000
 
 
 typedef struct ngx_stream_im_watcher_s  ngx_stream_im_watcher_t;
@@ -370,6 +371,12 @@ ngx_stream_im_presence_query(ngx_str_t *users, size_t n,
 
     rc = NGX_OK;
 
+    /*
+     * Each batch is answered on its own; only the first answers an error
+     * for the request (the client hears one), and a batch that cannot be
+     * queued after others were leaves its users unanswered.
+     */
+
     for (i = 0; i < n && rc == NGX_OK; i = j) {
 
         for (j = i, k = 0; j < n && b[j].batch == b[i].batch; j++, k++) {
@@ -388,10 +395,15 @@ ngx_stream_im_presence_query(ngx_str_t *users, size_t n,
             args[k] = users[b[j].index];
         }
 
-        r.arg = (uint32_t) k;
+        r.arg = (uint32_t) k | (i == 0 ? NGX_STREAM_IM_PRESENCE_FIRST : 0);
 
         rc = ngx_stream_im_redis_eval(NGX_STREAM_IM_SCRIPT_PRESENCE, 2 * k,
                                       keys, k, args, handler, &r);
+
+        if (rc != NGX_OK && i) {
+            rc = NGX_OK;
+            break;
+        }
     }
 
 done:
@@ -432,9 +444,13 @@ ngx_stream_im_presence_state(ngx_stream_im_ref_t *ref, redisReply *r)
     }
 
     if (r == NULL || r->type != REDIS_REPLY_ARRAY
-        || r->elements != 3 * (size_t) ref->arg)
+        || r->elements
+           != 3 * (size_t) (ref->arg & ~NGX_STREAM_IM_PRESENCE_FIRST))
     {
-        (void) ngx_stream_im_send_unavailable(ctx, ref->id);
+        if (ref->arg & NGX_STREAM_IM_PRESENCE_FIRST) {
+            (void) ngx_stream_im_send_unavailable(ctx, ref->id);
+        }
+
         return;
     }
 

@@ -2190,7 +2190,9 @@ ngx_stream_im_redis_publish(ngx_str_t *channel, ngx_str_t *parts,
                     ngx_strlen(cmd), cmd, channel->len, channel, len);
 
     for (i = 0; i < nparts; i++) {
-        p = ngx_cpymem(p, parts[i].data, parts[i].len);
+        if (parts[i].len) {
+            p = ngx_cpymem(p, parts[i].data, parts[i].len);
+        }
     }
 
     *p++ = CR;

@@ -15,13 +15,14 @@
  * Whether a route channel still has a worker behind it.  A script sees
  * only its own slot, not the alive key of another worker's channel, so
  * the workers judge: a channel a script returns is looked up here; one
- * not known is published to and its alive key read (at most once per
- * heartbeat).  A channel found dead is not published to, and the users a
- * script returns with it are noted; their routes to it go only when a
- * check made after they were noted finds the key still gone, as a worker
- * that was stopped comes back with the same channel.  The table is small
- * and direct-mapped: a deployment has as many channels as worker
- * processes.
+ * not known alive has its alive key read (at most once per heartbeat, a
+ * dead one once a second, one read at a time), and the users a script
+ * returns with it are noted; their routes to it go only when a read made
+ * after they were noted finds the key gone, as a worker that was stopped
+ * comes back with the same channel.  The table is small (a deployment
+ * has as many channels as worker processes): a channel has its place
+ * among a few next to its hash, and only an entry nothing waits on gives
+ * its place up.
  *
  * Presence changes are published here too, from the time a script says
  * a user's first route came or last one went.
@@ -29,6 +30,7 @@
 
 
 #define NGX_STREAM_IM_ROUTES_SIZE       256
+#define NGX_STREAM_IM_ROUTES_PROBE      8
 #define NGX_STREAM_IM_ROUTES_ALIVE_FOR  5000
 #define NGX_STREAM_IM_ROUTES_RECHECK    1000
 #define NGX_STREAM_IM_ROUTES_SUSPECTS   32
@@ -46,8 +48,8 @@ typedef struct {
     uint32_t                   gen;
     ngx_uint_t                 state;
     ngx_uint_t                 nsuspects;
-    ngx_uint_t                 suspects_checked; /* a check after them */
     u_char                    *suspects;   /* users seen with it dead */
+    unsigned                   inflight:1; /* a check is out */
 } ngx_stream_im_route_t;
 
 
@@ -162,6 +164,10 @@ ngx_stream_im_routes_judge(ngx_str_t *channel)
         return;
     }
 
+    if (rt->inflight) {
+        return;
+    }
+
     age = ngx_current_msec - rt->checked;
 
     if (rt->state == NGX_STREAM_IM_ROUTE_UNKNOWN
@@ -203,6 +209,7 @@ ngx_stream_im_routes_check(ngx_stream_im_route_t *rt)
         }
 
         rt->checked = ngx_current_msec;
+        rt->inflight = 1;
     }
 }
 
@@ -210,22 +217,43 @@ ngx_stream_im_routes_check(ngx_stream_im_route_t *rt)
 static ngx_stream_im_route_t *
 ngx_stream_im_routes_find(ngx_str_t *channel)
 {
-    ngx_stream_im_route_t  *rt;
+    ngx_uint_t              i, h;
+    ngx_stream_im_route_t  *rt, *free;
 
     if (channel->len == 0 || channel->len > NGX_STREAM_IM_CHANNEL_MAX) {
         return NULL;
     }
 
-    rt = &ngx_stream_im_routes[ngx_crc32_short(channel->data, channel->len)
-                               % NGX_STREAM_IM_ROUTES_SIZE];
+    h = ngx_crc32_short(channel->data, channel->len);
+    free = NULL;
 
-    if (rt->len == channel->len
-        && ngx_memcmp(rt->name, channel->data, channel->len) == 0)
-    {
-        return rt;
+    for (i = 0; i < NGX_STREAM_IM_ROUTES_PROBE; i++) {
+        rt = &ngx_stream_im_routes[(h + i) % NGX_STREAM_IM_ROUTES_SIZE];
+
+        if (rt->len == channel->len
+            && ngx_memcmp(rt->name, channel->data, channel->len) == 0)
+        {
+            return rt;
+        }
+
+        /* a place nothing waits on: no read out, nobody to prune */
+
+        if (free == NULL && !rt->inflight && rt->nsuspects == 0
+            && (rt->state != NGX_STREAM_IM_ROUTE_DEAD
+                || ngx_current_msec - rt->checked
+                   >= NGX_STREAM_IM_ROUTES_ALIVE_FOR))
+        {
+            free = rt;
+        }
     }
 
-    /* another channel had this place: it will be checked again */
+    /* all taken: the channel goes unjudged for now */
+
+    if (free == NULL) {
+        return NULL;
+    }
+
+    rt = free;
 
     if (rt->name == NULL) {
         rt->name = ngx_alloc(NGX_STREAM_IM_CHANNEL_MAX, ngx_cycle->log);
@@ -258,6 +286,8 @@ ngx_stream_im_routes_checked(ngx_stream_im_ref_t *ref, redisReply *r)
     if (rt->gen != ref->number) {
         return;
     }
+
+    rt->inflight = 0;
 
     if (r == NULL || r->type != REDIS_REPLY_INTEGER) {
         if (rt->state == NGX_STREAM_IM_ROUTE_CHECKING) {

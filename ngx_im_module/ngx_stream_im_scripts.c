@@ -131,7 +131,8 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
      * store: KEYS inbox and routes of each user; ARGV: entry, inbox max,
      * origin session, the users.  Returns {{cursor, previous, ...},
      * channel, "<user> <previous> <cursor> ...", ...}: where the entry
-     * went in each inbox and the entry before it there ("0-0": none), and
+     * went in each inbox and the entry before it there ("0-0": none; ""
+     * and "": that inbox refused it, the others have it), and
      * who on each channel (but the origin) gets it live.  Workers publish
      * in any order: the previous cursor tells a receiver whether it has
      * everything before.
@@ -144,15 +145,24 @@ ngx_stream_im_script_t  ngx_stream_im_scripts[] = {
           "local cursors, out, lists = {}, {}, {}\n"
           "for i = 4, #ARGV do\n"
           "  local k = (i - 4) * 2\n"
-          "  local last = redis.call('XREVRANGE', KEYS[k + 1], '+', '-',\n"
-          "                          'COUNT', 1)\n"
-          "  local p = last[1] and last[1][1] or '0-0'\n"
-          "  local c = redis.call('XADD', KEYS[k + 1], 'MAXLEN', '~', max,\n"
-          "                       '*', 'm', entry)\n"
-          "  cursors[#cursors + 1] = c\n"
-          "  cursors[#cursors + 1] = p\n"
-          "  routes(KEYS[k + 2], origin, ARGV[i] .. ' ' .. p .. ' ' .. c,\n"
-          "         out, lists)\n"
+          "  local last = redis.pcall('XREVRANGE', KEYS[k + 1], '+', '-',\n"
+          "                           'COUNT', 1)\n"
+          "  local c = last\n"
+          "  if not last.err then\n"
+          "    c = redis.pcall('XADD', KEYS[k + 1], 'MAXLEN', '~', max,\n"
+          "                    '*', 'm', entry)\n"
+          "  end\n"
+          "  if type(c) == 'table' and c.err then\n"
+          "    -- not this inbox (not a stream): the others still\n"
+          "    cursors[#cursors + 1] = ''\n"
+          "    cursors[#cursors + 1] = ''\n"
+          "  else\n"
+          "    local p = last[1] and last[1][1] or '0-0'\n"
+          "    cursors[#cursors + 1] = c\n"
+          "    cursors[#cursors + 1] = p\n"
+          "    routes(KEYS[k + 2], origin, ARGV[i] .. ' ' .. p .. ' ' .. c,\n"
+          "           out, lists)\n"
+          "  end\n"
           "end\n"
           "return by_channel({cursors}, out, lists)\n"),
       "", 1 },

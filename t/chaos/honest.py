@@ -569,7 +569,9 @@ class Device:
         limit = rng.choice((0, 1, 5, 20, 100))
         start = ""
         if self.first and (back or rng.random() < 0.5):
-            start = rng.choice(list(self.first))
+            # a cursor: a place in this inbox
+            m = rng.choice(list(self.first.values()))
+            start = m.cursor or m.msg_id
         if not start:
             back = False        # neither bound: oldest first
         pop.count("sync " + ("before" if back else "after"))
@@ -597,7 +599,7 @@ class Device:
                 self.note("Sync page", "frames %s" % [imtest.body(f)
                                                       for f in fs])
                 return None
-            keys = [id_key(x.msg_id) for x in msgs]
+            keys = [id_key(x.cursor or x.msg_id) for x in msgs]
             want = sorted(keys, reverse=back)
             if keys != want or len(set(keys)) != len(keys):
                 pop.violation("sync order", "%s/%s: Sync(%s %r limit %d) "
@@ -605,14 +607,14 @@ class Device:
                                   self.user, self.dev,
                                   "before" if back else "after", start,
                                   limit, "descending" if back else
-                                  "ascending", [x.msg_id for x in msgs]))
+                                  "ascending", [x.cursor for x in msgs]))
             lim = limit if 0 < limit <= 1000 else 1000
             if len(msgs) > lim:
                 self.note("Sync page", "%d entries for limit %d" % (
                     len(msgs), limit))
-            if msgs and end.sync_done.last != msgs[-1].msg_id:
+            if msgs and end.sync_done.last != msgs[-1].cursor:
                 self.note("SyncDone", "last %r, page ends with %r" % (
-                    end.sync_done.last, msgs[-1].msg_id))
+                    end.sync_done.last, msgs[-1].cursor))
             if prev is not None and msgs:
                 a, b = prev, keys[0]
                 if (a >= b) if not back else (a <= b):

@@ -12,8 +12,9 @@ import asyncio
 import os
 import signal
 import time
+import zlib
 
-from imchat import redis_cmd, session_pid
+from imchat import close_all, login, login_on, redis_cmd, session_pid
 from imtest import run
 from imload import (ChatLoad, alive_pids, channel_pid, redis_up_pids,
                     routes_of, stop_and_check_log)
@@ -166,3 +167,44 @@ def test_redis_killed_and_restarted_mid_chat(nginx, redis):
         assert set(n.worker_pids()) == workers
 
     run(go(), timeout=170)
+
+
+def test_dead_route_sharing_a_cache_place_with_a_live_one_is_pruned(
+        nginx, redis):
+    """A worker remembers which route channels are alive in a small table
+    indexed by a hash of the channel.  bob's routes hold a dead channel
+    (of a host that is gone) whose hash falls on the same place as his
+    live worker's channel, listed first; alice sends to him.  The dead
+    route is pruned after the first sends, and bob gets every message.
+    (When a channel took another's place whatever it held, the live
+    channel threw the dead one's check away on every send: never pruned,
+    bob online for good.)"""
+    n = nginx(workers=2)
+
+    def place(ch):
+        return zlib.crc32(ch.encode()) % 256
+
+    async def go():
+        bob = await login(n, "bob")
+        alice = await login_on(n, "alice", avoid={bob.pid})
+        live = routes_of(redis, ["bob"])["bob"][bob.session]
+        dead = next("im:route:deadhost:%d" % k for k in range(100000)
+                    if place("im:route:deadhost:%d" % k) == place(live))
+        key = "im:{u:bob}:routes"
+        redis_cmd(redis, "HDEL", key, bob.session)
+        redis_cmd(redis, "HSET", key, "deadhost:1:1:phone", dead)
+        redis_cmd(redis, "HSET", key, bob.session, live)
+        pruned = None
+        for i in range(30):
+            await alice.send_ok("bob", b"m%d" % i, cmid="m%d" % i)
+            await asyncio.sleep(0.1)
+            if b"deadhost:1:1:phone" not in redis_cmd(redis, "HGETALL", key):
+                pruned = i
+                break
+        assert pruned is not None, "the dead route was never pruned"
+        assert bob.session in routes_of(redis, ["bob"])["bob"]
+        await bob.until(lambda: len(bob.live_messages()) >= pruned + 1, 10,
+                        "bob's messages")
+        await close_all([alice, bob])
+
+    run(go(), timeout=60)

@@ -445,3 +445,36 @@ def test_group_presence_and_typing_need_auth(nginx, redis):
         c.ping_pong()
     assert group_members(redis, "team") == {"alice"}
     assert redis_cmd(redis, "KEYS", "im:{u:*") == []
+
+
+def test_an_inbox_that_refuses_does_not_keep_the_group_from_the_others(
+        nginx, redis):
+    """A group of 300 (two store calls on one Redis, of 256 and 44
+    members) where one member's inbox key is not a stream: the store
+    cannot go there.  The send is answered UNAVAILABLE (and its retry
+    with the same client_msg_id too), but every other member has it in
+    the inbox, under one msg_id, and a member online gets it live.
+    (When one failing XADD aborted its store call, the members stored
+    before it in that call were never told live, and the retry stored
+    again without telling them either.)"""
+    n = nginx(workers=1, server_directives="im_group_max_members 1000;")
+    members = ["u%03d" % i for i in range(300)]
+    make_group(redis, "big", *members)
+    redis_cmd(redis, "SET", "im:{u:u290}:inbox", "junk")
+
+    async def go():
+        a = await login(n, "u000")
+        online = await login(n, "u289")
+        for _ in range(2):
+            f = await send_group(a, "big", b"hi", cmid="same")
+            expect_error(f, "UNAVAILABLE")
+        await online.until(lambda: online.live_messages(), 10,
+                           "the message, live")
+        ids = {m.msg_id for m in online.live_messages()}
+        assert len(ids) == 1, ids
+        for u in members:
+            if u != "u290":
+                assert set(xrange_ids(redis, u)) == ids, u
+        await close_all([a, online])
+
+    run(go())
