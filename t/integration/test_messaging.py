@@ -189,7 +189,7 @@ def test_cursor_per_device(nginx, redis):
                           "10 messages")
         got = phone.live_messages()
         check_messages(got, [b"m%d" % i for i in range(10)])
-        cut = got[5].msg_id
+        cut = got[5].cursor
         await phone.ack(cut)
         wait_until(lambda: redis_cmd(redis, "HGET", cursor_key("bob"),
                                      "phone") == cut.encode(), 10,
