@@ -366,7 +366,8 @@ fuzz_reencode(Im__Frame *f)
 
 /*
  * ngx_stream_im_message_write(): the size said first is the size
- * written, and a valid stored entry becomes a Message that decodes
+ * written, and a valid stored entry becomes a Message that decodes,
+ * with its cursor
  */
 
 static void
@@ -383,14 +384,16 @@ fuzz_message(uint32_t id, u_char *msg_id, size_t id_len, uint64_t ts,
     part.data = partial;
     part.len = len;
 
-    size = ngx_stream_im_message_size(id, &mid, ts, &part);
+    /* an old entry's: its stream id is both msg_id and cursor */
+
+    size = ngx_stream_im_message_size(id, &mid, ts, &mid, &part);
 
     buf = malloc(NGX_STREAM_IM_WS_HEADER_MAX + size);
     if (buf == NULL) {
         abort();
     }
 
-    p = ngx_stream_im_message_write(buf, id, &mid, ts, &part);
+    p = ngx_stream_im_message_write(buf, id, &mid, ts, &mid, &part);
     fuzz_assert(p <= buf + NGX_STREAM_IM_WS_HEADER_MAX + size);
 
     payload = fuzz_ws_payload(buf, &plen);
@@ -405,6 +408,8 @@ fuzz_message(uint32_t id, u_char *msg_id, size_t id_len, uint64_t ts,
         fuzz_assert(ngx_strlen(g->message->msg_id) == id_len
                     && ngx_memcmp(g->message->msg_id, msg_id, id_len) == 0);
         fuzz_assert(g->message->ts_ms == ts);
+        fuzz_assert(ngx_strlen(g->message->cursor) == id_len
+                    && ngx_memcmp(g->message->cursor, msg_id, id_len) == 0);
         fuzz_assert(ngx_strcmp(g->message->from, "alice") == 0);
     }
 
