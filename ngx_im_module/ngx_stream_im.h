@@ -497,6 +497,8 @@ typedef struct {
 
 ngx_int_t ngx_stream_im_post_init_worker(ngx_cycle_t *cycle);
 void ngx_stream_im_batch_sort(ngx_stream_im_batched_t *b, ngx_uint_t n);
+ngx_int_t ngx_stream_im_post_refusal(redisReply *r, Im__Error__Code *code,
+    char **reason);
 ngx_int_t ngx_stream_im_post(ngx_stream_im_post_t *post,
     ngx_stream_im_posted_pt handler, ngx_stream_im_ref_t *ref);
 void ngx_stream_im_post_typing(ngx_str_t *sender, ngx_str_t *to,

@@ -584,39 +584,20 @@ ngx_stream_im_script_error(ngx_stream_im_session_t *ctx, uint32_t id,
     redisReply *r)
 {
     char             *reason;
-    ngx_uint_t        i;
     Im__Error__Code   code;
 
-    static struct {
-        char             *name;
-        Im__Error__Code   code;
-    } codes[] = {
-        { "FORBIDDEN ", IM__ERROR__CODE__FORBIDDEN },
-        { "TOO_LARGE ", IM__ERROR__CODE__TOO_LARGE },
-        { "NOT_FOUND ", IM__ERROR__CODE__NOT_FOUND }
-    };
-
-    code = IM__ERROR__CODE__UNAVAILABLE;
-    reason = "storage unavailable, retry";
-
-    if (r && ngx_stream_im_redis_refusal(r)) {
-
-        for (i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
-            if (ngx_strncmp(r->str, codes[i].name, ngx_strlen(codes[i].name))
-                == 0)
-            {
-                code = codes[i].code;
-                reason = r->str + ngx_strlen(codes[i].name);
-                break;
-            }
-        }
-
+    if (ngx_stream_im_post_refusal(r, &code, &reason) == NGX_OK) {
         ngx_log_error(NGX_LOG_INFO, ctx->session->connection->log, 0,
                       "client request refused: %s", r->str);
 
-    } else if (r && r->type == REDIS_REPLY_ERROR) {
-        ngx_log_error(NGX_LOG_ERR, ctx->session->connection->log, 0,
-                      "redis refused a request: %s", r->str);
+    } else {
+        code = IM__ERROR__CODE__UNAVAILABLE;
+        reason = "storage unavailable, retry";
+
+        if (r && r->type == REDIS_REPLY_ERROR) {
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                          "redis refused a request: %s", r->str);
+        }
     }
 
     (void) ngx_stream_im_send_error(ctx, id, code, reason);

@@ -1277,13 +1277,17 @@ ngx_stream_im_post_publish(ngx_stream_im_send_t *s)
 }
 
 
-/* a script's refusal ("<CODE> <reason>"), or Redis's trouble */
+/*
+ * A script refuses with "<CODE> <reason>": the client's Error code and
+ * the reason (in r); NGX_DECLINED for anything else, Redis's own trouble.
+ */
 
-static void
-ngx_stream_im_post_refused(ngx_stream_im_send_t *s, redisReply *r)
+ngx_int_t
+ngx_stream_im_post_refusal(redisReply *r, Im__Error__Code *code,
+    char **reason)
 {
-    ngx_uint_t  i;
     size_t      len;
+    ngx_uint_t  i;
 
     static struct {
         char             *name;
@@ -1294,24 +1298,38 @@ ngx_stream_im_post_refused(ngx_stream_im_send_t *s, redisReply *r)
         { "NOT_FOUND ", IM__ERROR__CODE__NOT_FOUND }
     };
 
-    if (r && ngx_stream_im_redis_refusal(r)) {
+    if (r == NULL || !ngx_stream_im_redis_refusal(r)) {
+        return NGX_DECLINED;
+    }
 
-        for (i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
-            len = ngx_strlen(codes[i].name);
+    for (i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
+        len = ngx_strlen(codes[i].name);
 
-            if (ngx_strncmp(r->str, codes[i].name, len) == 0) {
-                s->result.code = codes[i].code;
-                s->result.reason = ngx_pnalloc(s->pool, r->len - len + 1);
+        if (ngx_strncmp(r->str, codes[i].name, len) == 0) {
+            *code = codes[i].code;
+            *reason = r->str + len;
+            return NGX_OK;
+        }
+    }
 
-                if (s->result.reason == NULL) {
-                    break;
-                }
+    return NGX_DECLINED;
+}
 
-                ngx_memcpy(s->result.reason, r->str + len, r->len - len + 1);
 
-                ngx_stream_im_post_finish(s, NGX_DECLINED);
-                return;
-            }
+static void
+ngx_stream_im_post_refused(ngx_stream_im_send_t *s, redisReply *r)
+{
+    char    *reason;
+    size_t   len;
+
+    if (ngx_stream_im_post_refusal(r, &s->result.code, &reason) == NGX_OK) {
+        len = ngx_strlen(reason) + 1;
+        s->result.reason = ngx_pnalloc(s->pool, len);
+
+        if (s->result.reason) {
+            ngx_memcpy(s->result.reason, reason, len);
+            ngx_stream_im_post_finish(s, NGX_DECLINED);
+            return;
         }
     }
 

@@ -36,9 +36,8 @@
 #define NGX_STREAM_IM_ROUTES_SUSPECTS   32
 
 #define NGX_STREAM_IM_ROUTE_UNKNOWN     0
-#define NGX_STREAM_IM_ROUTE_CHECKING    1
-#define NGX_STREAM_IM_ROUTE_ALIVE       2
-#define NGX_STREAM_IM_ROUTE_DEAD        3
+#define NGX_STREAM_IM_ROUTE_ALIVE       1
+#define NGX_STREAM_IM_ROUTE_DEAD        2
 
 
 typedef struct {
@@ -204,10 +203,6 @@ ngx_stream_im_routes_check(ngx_stream_im_route_t *rt)
                                     &ref)
         == NGX_OK)
     {
-        if (rt->state != NGX_STREAM_IM_ROUTE_DEAD) {
-            rt->state = NGX_STREAM_IM_ROUTE_CHECKING;
-        }
-
         rt->checked = ngx_current_msec;
         rt->inflight = 1;
     }
@@ -290,10 +285,6 @@ ngx_stream_im_routes_checked(ngx_stream_im_ref_t *ref, redisReply *r)
     rt->inflight = 0;
 
     if (r == NULL || r->type != REDIS_REPLY_INTEGER) {
-        if (rt->state == NGX_STREAM_IM_ROUTE_CHECKING) {
-            rt->state = NGX_STREAM_IM_ROUTE_UNKNOWN;
-        }
-
         return;
     }
 
